@@ -1,0 +1,56 @@
+"""Convolution followed by BatchNorm and an activation (the workhorse of every block)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sepnets.layers.activations import get_act
+from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv
+
+
+def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """BatchNorm over the channel axis with PyTorch's defaults (momentum 0.1 there = 0.9 here)."""
+  return nnx.BatchNorm(channels, momentum=momentum, epsilon=eps, dtype=dtype,
+                       param_dtype=param_dtype, rngs=rngs)
+
+
+class ConvNormAct(nnx.Module):
+  """conv -> BatchNorm -> activation.
+
+  The conv is a DepthwiseConv when groups == in_chs, a PointwiseConv for a 1x1 kernel
+  without groups, else a StandardConv.
+
+  Args:
+    act: activation name (`activations.ACTIVATIONS`) or None for none.
+    norm: False drops the BatchNorm and gives the conv a bias instead.
+    strategy: depthwise strategy, used only when the conv is depthwise.
+  """
+
+  def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 3, *,
+               stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1,
+               groups: int = 1, padding: str = 'same', act: str | None = 'relu',
+               norm: bool = True, bn_momentum: float = 0.9, bn_eps: float = 1e-5,
+               strategy: str = 'auto', dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    common = dict(use_bias=not norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    if groups == in_chs and groups > 1 and out_chs % in_chs == 0:
+      self.conv = DepthwiseConv(in_chs, kernel_size, multiplier=out_chs // in_chs, stride=stride,
+                                dilation=dilation, padding=padding, strategy=strategy, **common)
+    elif kernel_size in (1, (1, 1)) and groups == 1 and dilation in (1, (1, 1)):
+      self.conv = PointwiseConv(in_chs, out_chs, stride=stride, **common)
+    else:
+      self.conv = StandardConv(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation,
+                               groups=groups, padding=padding, **common)
+    self.bn = batch_norm(out_chs, momentum=bn_momentum, eps=bn_eps, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs) if norm else None
+    self.act_name = act
+    self.act = get_act(act)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x)
+    x = self.act(x)
+    return x

@@ -1,0 +1,113 @@
+"""Every depthwise strategy equals the grouped reference in value and both gradients."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from sepnets.layers import DepthwiseConv, STRATEGIES, get_strategy
+from sepnets.layers.helpers import lax_padding
+from tests.conftest import rel_err
+
+CASES = [  # (size, kernel, stride, padding, multiplier, dilation)
+    (h, k, s, p, m, 1)
+    for h, k, s, p, m in itertools.product((7, 8), (3, 5), (1, 2), ('same', 'symmetric'), (1,))
+] + [
+    (9, 3, 2, 'same', 2, 1), (8, 3, 1, 'symmetric', 3, 1), (10, 4, 2, 'same', 1, 1),
+    (6, 2, 1, 'symmetric', 1, 1), (11, 3, 1, 'same', 1, 2), (12, 3, 2, 'symmetric', 2, 2),
+    (7, 3, 1, 'valid', 1, 1),
+]
+OTHERS = [name for name in STRATEGIES if name != 'grouped']
+
+
+def _conv(strategy, x, w, stride, padding, dilation):
+  k = (w.shape[0], w.shape[1])
+  return get_strategy(strategy)(
+      x, w, (stride, stride), lax_padding(padding, k, (dilation, dilation)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=x.shape[-1])
+
+
+def _value_and_grads(strategy, x, w, ct, stride, padding, dilation):
+  def loss(x, w):
+    y = _conv(strategy, x, w, stride, padding, dilation)
+    return jnp.sum(y * ct), y
+  (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
+  return y, grads
+
+
+@pytest.mark.parametrize('strategy', OTHERS)
+@pytest.mark.parametrize('size,kernel,stride,padding,multiplier,dilation', CASES)
+def test_strategy_matches_grouped(strategy, size, kernel, stride, padding, multiplier,
+                                  dilation, rng):
+  c = 6
+  x = jnp.asarray(rng.standard_normal((2, size, size + 1, c)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, c * multiplier)), jnp.float32)
+  ref_y = _conv('grouped', x, w, stride, padding, dilation)
+  ct = jnp.asarray(rng.standard_normal(ref_y.shape), jnp.float32)
+  ref_y, (ref_dx, ref_dw) = _value_and_grads('grouped', x, w, ct, stride, padding, dilation)
+  y, (dx, dw) = _value_and_grads(strategy, x, w, ct, stride, padding, dilation)
+  assert y.shape == ref_y.shape
+  assert rel_err(y, ref_y) <= 1e-5
+  assert rel_err(dx, ref_dx) <= 1e-5
+  assert rel_err(dw, ref_dw) <= 1e-5
+
+
+def test_shift_differs_from_a_broken_reference(rng):
+  """The comparison above can fail: a kernel flipped in space is caught."""
+  x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 1, 4)), jnp.float32)
+  y = _conv('shift', x, w, 1, 'same', 1)
+  flipped = _conv('grouped', x, w[::-1, ::-1], 1, 'same', 1)
+  assert rel_err(y, flipped) > 1e-2
+
+
+def test_shift_bf16_accumulates_in_fp32(rng):
+  x = jnp.asarray(rng.standard_normal((1, 8, 8, 16)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((3, 3, 1, 16)), jnp.bfloat16)
+  y = _conv('shift', x, w, 1, 'same', 1)
+  ref = _conv('grouped', x.astype(jnp.float32), w.astype(jnp.float32), 1, 'same', 1)
+  assert y.dtype == jnp.bfloat16
+  assert rel_err(y, ref) <= 1e-2
+
+
+def test_non_depthwise_call_falls_back_to_reference(rng):
+  """A strategy handed a dense conv computes it (it is a drop-in for conv_general_dilated)."""
+  x = jnp.asarray(rng.standard_normal((1, 6, 6, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+  args = (x, w, (1, 1), 'SAME')
+  kw = dict(dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ref = lax.conv_general_dilated(*args, **kw)
+  for name in OTHERS:
+    assert rel_err(get_strategy(name)(*args, **kw), ref) <= 1e-6
+
+
+def test_auto_lowers_to_shift_on_cpu():
+  """On CPU `auto` must compile without a convolution op (it picked `shift`)."""
+  x = jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 1, 4), jnp.float32)
+  hlo = jax.jit(lambda x, w: _conv('auto', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
+  assert 'convolution' not in hlo
+  hlo_ref = jax.jit(lambda x, w: _conv('grouped', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
+  assert 'convolution' in hlo_ref
+
+
+def test_parameter_tree_independent_of_strategy():
+  trees = {}
+  for name in STRATEGIES:
+    layer = DepthwiseConv(8, 3, multiplier=2, stride=2, strategy=name, rngs=nnx.Rngs(0))
+    trees[name] = nnx.state(layer, nnx.Param)
+  ref = trees['grouped']
+  for name, tree in trees.items():
+    assert jax.tree.structure(tree) == jax.tree.structure(ref), name
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(ref)):
+      np.testing.assert_array_equal(a, b)
+  x = jnp.ones((2, 9, 9, 8))
+  outs = {name: DepthwiseConv(8, 3, multiplier=2, stride=2, strategy=name, rngs=nnx.Rngs(0))(x)
+          for name in STRATEGIES}
+  for name, y in outs.items():
+    assert rel_err(y, outs['grouped']) <= 1e-5, name
