@@ -1,0 +1,101 @@
+"""The `sepnets` command line. Thin: every subcommand calls a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+  from sepnets.layers.depthwise import STRATEGIES
+  names = tuple(s.strip() for s in text.split(',') if s.strip())
+  for name in names:
+    if name not in STRATEGIES:
+      raise argparse.ArgumentTypeError(
+          f'unknown depthwise strategy {name!r}; expected one of {sorted(STRATEGIES)}')
+  if not names:
+    raise argparse.ArgumentTypeError('give at least one strategy')
+  return names
+
+
+def _positive(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
+  return value
+
+
+def _layers(args: argparse.Namespace) -> int:
+  from sepnets.compile.layer_suite import SuiteConfig, format_suite, run_layer_suite, suite_runs
+  from sepnets.files import atomic_write_text
+
+  config = SuiteConfig(kernel=args.kernel, in_chs=args.in_chs, out_chs=args.out_chs,
+                       height=args.height, width=args.width, batch=args.batch,
+                       strategies=args.strategies, repeats=args.repeats,
+                       backward=args.backward, padding=args.padding)
+  total = len(suite_runs(config))
+  done = [0]
+
+  def progress(label: str) -> None:
+    done[0] += 1
+    print(f'[{done[0]}/{total}] {label}', file=sys.stderr, flush=True)
+
+  result = run_layer_suite(config, progress=None if args.quiet else progress)
+  text = json.dumps(result, indent=2) if args.json else format_suite(result)
+  print(text)
+  if args.out:
+    atomic_write_text(args.out, json.dumps(result, indent=2) + '\n')
+    print(f'wrote {args.out}', file=sys.stderr)
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='sepnets', description=__doc__)
+  parser.add_argument('--version', action='version', version=_version())
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  layers = sub.add_parser(
+      'layers', help='standard vs depthwise vs pointwise vs separable: params, MACs, '
+      'compiled flops and bytes, CPU time per depthwise strategy',
+      description='Compares standard, depthwise, pointwise and depthwise-separable convs '
+      'at one shape (default: the worked example K=3, C_in=C_out=256, 8x56x56).')
+  layers.add_argument('--kernel', '-k', type=_positive, default=3)
+  layers.add_argument('--in-chs', type=_positive, default=256)
+  layers.add_argument('--out-chs', type=_positive, default=256)
+  layers.add_argument('--height', type=_positive, default=56)
+  layers.add_argument('--width', type=_positive, default=56)
+  layers.add_argument('--batch', type=_positive, default=8)
+  layers.add_argument('--padding', choices=('same', 'symmetric', 'valid'), default='same')
+  layers.add_argument('--strategies', type=_strategies, default=('grouped', 'shift'),
+                      help='comma-separated depthwise strategies (grouped, shift, auto)')
+  layers.add_argument('--repeats', type=_positive, default=5, help='timed runs per measurement')
+  layers.add_argument('--no-backward', dest='backward', action='store_false',
+                      help='skip timing forward+backward')
+  layers.add_argument('--json', action='store_true', help='print JSON instead of a table')
+  layers.add_argument('--out', help='also write the JSON result to this file (atomically)')
+  layers.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
+  layers.set_defaults(func=_layers)
+  return parser
+
+
+def _version() -> str:
+  from sepnets import __version__
+  return f'sepnets {__version__}'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except ValueError as err:
+    parser.exit(2, f'sepnets {args.command}: error: {err}\n')
+
+
+if __name__ == '__main__':
+  sys.exit(main())
