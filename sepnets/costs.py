@@ -13,16 +13,15 @@ call, with its path in the module tree.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.helpers import conv_out_size, pair, resolve_pads
+from sepnets.trace import LayerCall, trace_layers
 
 # --- the formulas -------------------------------------------------------------------------
 
@@ -109,13 +108,16 @@ def _nbytes(shape: Sequence[int], dtype) -> int:
   return math.prod(shape) * jnp.dtype(dtype).itemsize
 
 
-def _cost(path: str, layer: nnx.Module, x, y) -> LayerCost:
-  io = dict(path=path, in_shape=tuple(x.shape), out_shape=tuple(y.shape),
-            act_bytes_in=_nbytes(x.shape, x.dtype), act_bytes_out=_nbytes(y.shape, y.dtype))
+def call_cost(call: LayerCall) -> LayerCost:
+  """The costs of one recorded layer call."""
+  layer, x_shape = call.layer, call.in_shape
+  io = dict(path=call.path, in_shape=x_shape, out_shape=call.out_shape,
+            act_bytes_in=_nbytes(x_shape, call.in_dtype),
+            act_bytes_out=_nbytes(call.out_shape, call.out_dtype))
   if isinstance(layer, nnx.Conv):
-    pads = resolve_pads(layer.padding, x.shape[1:3], layer.kernel_size, layer.strides,
+    pads = resolve_pads(layer.padding, x_shape[1:3], layer.kernel_size, layer.strides,
                         layer.kernel_dilation)
-    macs, valid = conv_macs(x.shape, layer.kernel_size, layer.out_features,
+    macs, valid = conv_macs(x_shape, layer.kernel_size, layer.out_features,
                             strides=layer.strides, dilation=layer.kernel_dilation, pads=pads,
                             groups=layer.feature_group_count)
     params = conv_params(layer.kernel_size, layer.in_features, layer.out_features,
@@ -123,7 +125,7 @@ def _cost(path: str, layer: nnx.Module, x, y) -> LayerCost:
     return LayerCost(kind=conv_kind(layer), params=params, stats=0, macs=macs,
                      macs_valid=valid, **io)
   if isinstance(layer, nnx.Linear):
-    macs = math.prod(x.shape[:-1]) * layer.in_features * layer.out_features
+    macs = math.prod(x_shape[:-1]) * layer.in_features * layer.out_features
     params = layer.in_features * layer.out_features + (layer.out_features if layer.use_bias else 0)
     return LayerCost(kind='linear', params=params, stats=0, macs=macs, macs_valid=macs, **io)
   chs = layer.num_features
@@ -131,52 +133,14 @@ def _cost(path: str, layer: nnx.Module, x, y) -> LayerCost:
   return LayerCost(kind='batchnorm', params=params, stats=2 * chs, macs=0, macs_valid=0, **io)
 
 
-_RECORDED = (nnx.Conv, nnx.Linear, nnx.BatchNorm)
-
-
-@contextlib.contextmanager
-def _record_calls(paths: dict[int, str], rows: list[LayerCost]) -> Iterator[None]:
-  """Records every call of the recorded layer classes while active (as nnx.tabulate does)."""
-  originals = {cls: cls.__call__ for cls in _RECORDED}
-
-  def wrap(cls):
-    original = originals[cls]
-
-    def recording_call(self, x, *args, **kwargs):
-      y = original(self, x, *args, **kwargs)
-      if id(self) in paths:
-        rows.append(_cost(paths[id(self)], self, x, y))
-      return y
-    return recording_call
-
-  try:
-    for cls in _RECORDED:
-      cls.__call__ = wrap(cls)
-    yield
-  finally:
-    for cls, original in originals.items():
-      cls.__call__ = original
-
-
 def layer_costs(module: nnx.Module, input_shape: Sequence[int],
                 dtype=jnp.float32) -> list[LayerCost]:
   """Per-layer costs of `module(x)` for an input of `input_shape`, in call order.
 
-  Nothing is computed: the forward pass is traced with abstract values, so this works on
-  modules built with `nnx.eval_shape` too. The module's mode (train/eval) is respected.
+  Nothing is computed (see `sepnets.trace`), so this works on modules built with
+  `nnx.eval_shape` too. The module's mode (train/eval) is respected.
   """
-  graphdef, state = nnx.split(module)
-  rows: list[LayerCost] = []
-
-  def forward(state, x):
-    model = nnx.merge(graphdef, state)
-    paths = {id(node): '.'.join(str(p) for p in path)
-             for path, node in nnx.iter_graph(model) if isinstance(node, _RECORDED)}
-    with _record_calls(paths, rows):
-      return model(x)
-
-  jax.eval_shape(forward, state, jax.ShapeDtypeStruct(tuple(input_shape), dtype))
-  return rows
+  return [call_cost(call) for call in trace_layers(module, input_shape, dtype)]
 
 
 @dataclasses.dataclass(frozen=True)

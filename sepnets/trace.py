@@ -1,0 +1,82 @@
+"""Abstract tracing of a module's forward pass that records every leaf layer call.
+
+Used by the cost model (per-layer tables) and by weight import (layers in call order).
+Nothing is computed: the forward pass runs under jax.eval_shape, so modules built with
+`nnx.eval_shape` (no weights allocated) work too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+RECORDED = (nnx.Conv, nnx.Linear, nnx.BatchNorm)
+"""The leaf layers that carry parameters and MACs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+  path: str  # dotted path in the module tree ('' for the root)
+  layer: nnx.Module  # the layer object in the traced copy (its static attributes are valid)
+  in_shape: tuple[int, ...]
+  in_dtype: jnp.dtype
+  out_shape: tuple[int, ...]
+  out_dtype: jnp.dtype
+
+
+def path_str(path: Sequence[object]) -> str:
+  return '.'.join(str(p) for p in path)
+
+
+@contextlib.contextmanager
+def _record_calls(paths: dict[int, str], calls: list[LayerCall]) -> Iterator[None]:
+  """Records every call of the RECORDED classes while active (as nnx.tabulate does)."""
+  originals = {cls: cls.__call__ for cls in RECORDED}
+
+  def wrap(original):
+    def recording_call(self, x, *args, **kwargs):
+      y = original(self, x, *args, **kwargs)
+      if id(self) in paths:
+        calls.append(LayerCall(paths[id(self)], self, tuple(x.shape), jnp.dtype(x.dtype),
+                               tuple(y.shape), jnp.dtype(y.dtype)))
+      return y
+    return recording_call
+
+  try:
+    for cls, original in originals.items():
+      cls.__call__ = wrap(original)
+    yield
+  finally:
+    for cls, original in originals.items():
+      cls.__call__ = original
+
+
+def trace_layers(module: nnx.Module, input_shape: Sequence[int],
+                 dtype=jnp.float32) -> list[LayerCall]:
+  """Every Conv/Linear/BatchNorm call of `module(x)` for an input of `input_shape`, in order.
+
+  The module's mode (train/eval) is respected; its state is not changed.
+  """
+  graphdef, state = nnx.split(module)
+  calls: list[LayerCall] = []
+
+  def forward(state, x):
+    model = nnx.merge(graphdef, state)
+    paths = {id(node): path_str(path) for path, node in nnx.iter_graph(model)
+             if isinstance(node, RECORDED)}
+    with _record_calls(paths, calls):
+      return model(x)
+
+  jax.eval_shape(forward, state, jax.ShapeDtypeStruct(tuple(input_shape), dtype))
+  return calls
+
+
+def modules_by_path(module: nnx.Module) -> dict[str, nnx.Module]:
+  """Path -> sub-module of `module` (the object itself, not a copy)."""
+  return {path_str(path): node for path, node in nnx.iter_graph(module)
+          if isinstance(node, nnx.Module)}
