@@ -1,0 +1,1 @@
+"""Model families: spec tables and ModelDefs, one file per family."""
