@@ -54,6 +54,50 @@ def _layers(args: argparse.Namespace) -> int:
   return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+  from sepnets.summary import format_zoo, zoo_costs
+  rows = zoo_costs(args.pattern)
+  if not rows:
+    raise ValueError(f'no model matches {args.pattern!r}')
+  if args.json:
+    import dataclasses
+    print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+  else:
+    print(format_zoo(rows))
+  return 0
+
+
+def _option(text: str) -> tuple[str, object]:
+  import ast
+  key, sep, value = text.partition('=')
+  if not sep or not key:
+    raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+  try:
+    parsed = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    parsed = value
+  return key.strip(), parsed
+
+
+def _summary(args: argparse.Namespace) -> int:
+  from sepnets.costs import format_table
+  from sepnets.summary import model_layer_costs
+  overrides = dict(args.option)
+  rows, size = model_layer_costs(args.name, image_size=args.image_size, batch=args.batch,
+                                 mode=args.mode, **overrides)
+  if args.json:
+    import dataclasses
+    print(json.dumps({'model': args.name, 'image_size': size, 'batch': args.batch,
+                      'mode': args.mode, 'options': overrides,
+                      'layers': [dataclasses.asdict(r) for r in rows]}, indent=2))
+    return 0
+  opts = ', '.join(f'{k}={v!r}' for k, v in overrides.items())
+  print(f'{args.name} ({opts or "defaults"}), input {args.batch}x{size}x{size}, {args.mode} mode; '
+        f'MACs and bytes for the whole batch\n')
+  print(format_table(rows))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='sepnets', description=__doc__)
   parser.add_argument('--version', action='version', version=_version())
@@ -80,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
   layers.add_argument('--out', help='also write the JSON result to this file (atomically)')
   layers.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
   layers.set_defaults(func=_layers)
+
+  models = sub.add_parser('models', help='list the zoo with params and MACs at default resolution')
+  models.add_argument('pattern', nargs='?', default='*', help="shell pattern, e.g. 'mobilenet*'")
+  models.add_argument('--json', action='store_true')
+  models.set_defaults(func=_models)
+
+  summary = sub.add_parser('summary', help='per-layer table of one model (layer, type, shape, '
+                           'params, MACs, activation bytes)')
+  summary.add_argument('name')
+  summary.add_argument('--image-size', type=_positive, default=None,
+                       help="default: the model's own resolution")
+  summary.add_argument('--batch', type=_positive, default=1)
+  summary.add_argument('--mode', choices=('eval', 'train'), default='eval')
+  summary.add_argument('-o', '--option', type=_option, action='append', default=[],
+                       metavar='KEY=VALUE', help='model option, e.g. -o width=0.5 (repeatable)')
+  summary.add_argument('--json', action='store_true')
+  summary.set_defaults(func=_summary)
   return parser
 
 

@@ -64,3 +64,38 @@ def test_console_script_installed():
   script = Path(sys.executable).parent / 'sepnets'
   proc = subprocess.run([str(script), 'layers', '--help'], capture_output=True, text=True, check=True)
   assert '--strategies' in proc.stdout
+
+
+def test_models_json_matches_reference(capsys):
+  assert main(['models', 'mobilenet_v3*', '--json']) == 0
+  rows = {r['name']: r for r in json.loads(capsys.readouterr().out)}
+  assert set(rows) == {'mobilenet_v3_large', 'mobilenet_v3_small'}
+  assert (rows['mobilenet_v3_large']['params'], rows['mobilenet_v3_large']['macs']) == (5_483_032, 216_589_760)
+  assert rows['mobilenet_v3_small']['image_size'] == 224
+
+
+def test_summary_table_and_json(capsys):
+  assert main(['summary', 'mobilenet_v2', '--image-size', '64', '-o', 'width=0.5']) == 0
+  text = capsys.readouterr().out
+  assert 'stages.1.0.conv_dw.conv' in text and 'depthwise' in text and 'total' in text
+  assert main(['summary', 'mobilenet_v2', '--json', '--mode', 'train', '--batch', '2']) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result['mode'] == 'train' and result['image_size'] == 224
+  assert sum(r['params'] for r in result['layers']) == 3_504_872
+  assert sum(r['macs'] for r in result['layers']) == 2 * 300_774_272
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['summary', 'mobilenetv2'], "unknown model 'mobilenetv2'; did you mean 'mobilenet_v2'"),
+    (['summary', 'mobilenet_v2', '-o', 'widht=2'], "unknown option(s) 'widht'"),
+    (['summary', 'mobilenet_v2', '-o', 'width'], 'expected KEY=VALUE'),
+    (['summary', 'mobilenet_v2', '-o', 'width=0'], 'width multiplier must be'),
+    (['summary', 'mobilenet_v2', '--image-size', '16'], 'image 16x16 is too small'),
+    (['models', 'resnet*'], "no model matches 'resnet*'"),
+])
+def test_zoo_commands_bad_input(argv, message, capsys):
+  with pytest.raises(SystemExit) as exc:
+    main(argv)
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and 'Traceback' not in err
