@@ -145,6 +145,44 @@ def in_key_order(state: Mapping[str, np.ndarray], key_order: Sequence[str]) -> d
   return {k: state[k] for k in wanted}
 
 
+def match_layers(model: nnx.Module, state: Mapping[str, np.ndarray], *,
+                 image_size: int = 64) -> list[tuple[LayerCall, TorchLayer, dict[str, np.ndarray]]]:
+  """Pairs the model's layers (call order) with the state dict's (stored order), strictly.
+
+  Returns (sepnets layer call, torch layer, sepnets values for it) per pair; raises on any
+  leftover, kind, shape or bias mismatch, or a padding other than 'symmetric'.
+  """
+  in_chans = getattr(model, 'in_chans', None)
+  if in_chans is None:
+    raise TypeError('expected a sepnets model (create_model)')
+  calls = trace_layers(model, (1, image_size, image_size, in_chans))
+  for call in calls:
+    if isinstance(call.layer, nnx.Conv) and max(call.layer.kernel_size) > 1 and \
+        getattr(call.layer, 'padding_mode', 'symmetric') != 'symmetric':
+      raise ValueError(f"PyTorch weights need padding='symmetric'; '{call.path}' uses "
+                       f"{call.layer.padding_mode!r} (create_model(..., padding='symmetric'))")
+  layers = torch_layers(state)
+  pairs = [(call, layer, _converted(call, layer)) for call, layer in zip(calls, layers)]
+  if len(layers) > len(calls):
+    extra = [f'{l.prefix}.*' for l in layers[len(calls):]]
+    raise ValueError(f'unexpected keys in the state dict (no sepnets layer left for them): {extra}')
+  if len(calls) > len(layers):
+    missing = [c.path for c in calls[len(layers):]]
+    raise ValueError(f'missing keys: the state dict has no weights for sepnets layers {missing}')
+  return pairs
+
+
+def _ordered_state(source: Any, reference: str | None) -> dict[str, np.ndarray]:
+  state = load_state_dict(source)
+  if reference is not None:
+    from sepnets.convert.torch_refs import reference_key_order
+    return in_key_order(state, reference_key_order(reference))
+  if isinstance(source, (str, os.PathLike)) and Path(source).suffix == '.safetensors':
+    raise ValueError('a .safetensors file does not keep the layer order; pass reference= '
+                     '(the sepnets model name, e.g. reference="mobilenet_v2")')
+  return state
+
+
 def load_torch_weights(model: nnx.Module, source: Any, *, reference: str | None = None,
                        image_size: int = 64) -> nnx.Module:
   """Loads torchvision/timm weights into `model` in place, strictly; returns the model.
@@ -157,36 +195,45 @@ def load_torch_weights(model: nnx.Module, source: Any, *, reference: str | None 
       name rather than in layer order; when given, key names are checked against it too.
     image_size: the size used to trace the model's layer order (any valid size works).
   """
-  in_chans = getattr(model, 'in_chans', None)
-  if in_chans is None:
-    raise TypeError('load_torch_weights expects a sepnets model (create_model)')
-  calls = trace_layers(model, (1, image_size, image_size, in_chans))
-  for call in calls:
-    if isinstance(call.layer, nnx.Conv) and max(call.layer.kernel_size) > 1 and \
-        getattr(call.layer, 'padding_mode', 'symmetric') != 'symmetric':
-      raise ValueError(f"PyTorch weights need padding='symmetric'; '{call.path}' uses "
-                       f"{call.layer.padding_mode!r} (create_model(..., padding='symmetric'))")
-  state = load_state_dict(source)
-  if reference is not None:
-    from sepnets.convert.torch_refs import reference_key_order
-    state = in_key_order(state, reference_key_order(reference))
-  elif isinstance(source, (str, os.PathLike)) and Path(source).suffix == '.safetensors':
-    raise ValueError('a .safetensors file does not keep the layer order; pass reference= '
-                     '(the sepnets model name, e.g. reference="mobilenet_v2")')
-  layers = torch_layers(state)
-  values = []
-  for call, torch_layer in zip(calls, layers):
-    values.append((call.path, _converted(call, torch_layer)))
-  if len(layers) > len(calls):
-    extra = [f'{l.prefix}.*' for l in layers[len(calls):]]
-    raise ValueError(f'unexpected keys in the state dict (no sepnets layer left for them): {extra}')
-  if len(calls) > len(layers):
-    missing = [c.path for c in calls[len(layers):]]
-    raise ValueError(f'missing keys: the state dict has no weights for sepnets layers {missing}')
+  pairs = match_layers(model, _ordered_state(source, reference), image_size=image_size)
   modules = modules_by_path(model)
-  for path, params in values:
-    layer = modules[path]
-    for name, value in params.items():
+  for call, _, values in pairs:
+    layer = modules[call.path]
+    for name, value in values.items():
       variable = getattr(layer, name)
       variable[...] = jnp.asarray(value, variable[...].dtype)
   return model
+
+
+def export_torch_state_dict(model: nnx.Module, template: Any, *,
+                            image_size: int = 64) -> dict[str, np.ndarray]:
+  """The model's weights as a PyTorch state dict with `template`'s keys (writable numpy arrays).
+
+  Args:
+    template: the torch counterpart (module or state dict) whose key names and layouts the
+      result takes; it is matched as strictly as in load_torch_weights.
+  Load it with `module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`.
+  """
+  state = load_state_dict(template)
+  pairs = match_layers(model, state, image_size=image_size)
+  modules = modules_by_path(model)
+  out: dict[str, np.ndarray] = {}
+  for call, torch_layer, _ in pairs:
+    layer = modules[call.path]
+    prefix = torch_layer.prefix + '.' if torch_layer.prefix else ''
+    if isinstance(layer, nnx.BatchNorm):
+      for ours, theirs in zip(('scale', 'bias', 'mean', 'var'), _BN_KEYS):
+        out[prefix + theirs] = np.array(getattr(layer, ours)[...], np.float32)
+    else:
+      kernel = np.array(layer.kernel[...], np.float32)
+      like = torch_layer.tensors['weight']
+      if isinstance(layer, nnx.Conv):
+        out[prefix + 'weight'] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+      else:
+        out[prefix + 'weight'] = np.ascontiguousarray(kernel.T).reshape(like.shape)
+      if layer.use_bias:
+        out[prefix + 'bias'] = np.array(layer.bias[...], np.float32)
+  for key, value in state.items():  # bookkeeping buffers (num_batches_tracked) as they were
+    if key.rpartition('.')[2] in _IGNORED:
+      out[key] = value
+  return {key: out[key] for key in state}

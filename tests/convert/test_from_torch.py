@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 import sepnets
-from sepnets.convert import load_state_dict, load_torch_weights
+from sepnets.convert import export_torch_state_dict, load_state_dict, load_torch_weights
 from sepnets.convert.torch_refs import build_reference
 
 PARITY = ['mobilenet_v1', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small',
@@ -122,3 +122,16 @@ def test_load_state_dict_reads_modules_and_mappings():
   from_mapping = load_state_dict(reference.state_dict())
   assert list(from_module) == list(from_mapping)
   assert all(isinstance(v, np.ndarray) for v in from_module.values())
+
+
+@pytest.mark.parametrize('name', ['mobilenet_v3_large', 'mobilenet_v4_conv_small'])
+def test_export_round_trip(name, rng):
+  """sepnets weights -> torch state dict -> the torch model gives the sepnets logits."""
+  model = sepnets.create_model(name, rngs=nnx.Rngs(5))
+  reference = build_reference(name)
+  exported = export_torch_state_dict(model, reference)
+  assert list(exported) == list(reference.state_dict())
+  reference.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+  x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
+  want = forward(model, x)
+  assert np.abs(torch_forward(reference.eval(), x) - want).max() <= 1e-4 * max(1, np.abs(want).max())
