@@ -34,6 +34,11 @@ class ResolvedBlock:
   drop_path_rate: float
   index: int  # position in the whole network
 
+  @property
+  def has_skip(self) -> bool:
+    """Residual connection: allowed by the spec, stride 1 and unchanged channels."""
+    return self.spec.skip and self.stride == 1 and self.in_chs == self.out_chs
+
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedNet:

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sepnets.builder import ResolvedBlock
+from sepnets.layers import SqueezeExcite
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerOptions:
@@ -28,9 +31,20 @@ class LayerOptions:
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
 
-def drop_path(rate: float, *, rngs: nnx.Rngs) -> nnx.Dropout | None:
-  """Stochastic depth: drops a sample's whole residual branch (dropout over N only)."""
-  return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs) if rate > 0 else None
+def drop_path(block: ResolvedBlock, *, rngs: nnx.Rngs) -> nnx.Dropout | None:
+  """Stochastic depth on the block's residual branch (dropout of whole samples), if any."""
+  if not block.has_skip or block.drop_path_rate <= 0:
+    return None
+  return nnx.Dropout(block.drop_path_rate, broadcast_dims=(1, 2, 3), rngs=rngs)
+
+
+def squeeze_excite(block: ResolvedBlock, channels: int, *, opts: LayerOptions, gate: str,
+                   act: str | None, rngs: nnx.Rngs) -> SqueezeExcite | None:
+  """The block's squeeze-excite on `channels` (None when the spec has none)."""
+  if not block.se_chs:
+    return None
+  return SqueezeExcite(channels, block.se_chs, act=act or block.act, gate=gate, rngs=rngs,
+                       **opts.dtype_kwargs())
 
 
 def add_residual(x: jax.Array, shortcut: jax.Array, dropper: nnx.Dropout | None) -> jax.Array:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from sepnets.blocks.common import LayerOptions, add_residual, drop_path
+from sepnets.blocks.common import LayerOptions, add_residual, drop_path, squeeze_excite
 from sepnets.builder import ResolvedBlock
-from sepnets.layers import ConvNormAct, SqueezeExcite
+from sepnets.layers import ConvNormAct
 
 
 class InvertedResidual(nnx.Module):
@@ -28,11 +28,10 @@ class InvertedResidual(nnx.Module):
                     if mid != block.in_chs else None)
     self.conv_dw = ConvNormAct(mid, mid, spec.kernel, stride=block.stride, groups=mid,
                                act=block.act, rngs=rngs, **kw)
-    self.se = SqueezeExcite(mid, block.se_chs, act=se_act or block.act, gate=se_gate, rngs=rngs,
-                            **opts.dtype_kwargs()) if block.se_chs else None
+    self.se = squeeze_excite(block, mid, opts=opts, gate=se_gate, act=se_act, rngs=rngs)
     self.conv_pwl = ConvNormAct(mid, block.out_chs, 1, act=None, rngs=rngs, **kw)
-    self.has_skip = spec.skip and block.stride == 1 and block.in_chs == block.out_chs
-    self.drop_path = drop_path(block.drop_path_rate, rngs=rngs) if self.has_skip else None
+    self.has_skip = block.has_skip
+    self.drop_path = drop_path(block, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
@@ -56,11 +55,10 @@ class EdgeResidual(nnx.Module):
     kw = opts.conv_kwargs()
     self.conv_exp = ConvNormAct(block.in_chs, mid, spec.kernel, stride=block.stride,
                                 act=block.act, rngs=rngs, **kw)
-    self.se = SqueezeExcite(mid, block.se_chs, act=se_act or block.act, gate=se_gate, rngs=rngs,
-                            **opts.dtype_kwargs()) if block.se_chs else None
+    self.se = squeeze_excite(block, mid, opts=opts, gate=se_gate, act=se_act, rngs=rngs)
     self.conv_pwl = ConvNormAct(mid, block.out_chs, 1, act=None, rngs=rngs, **kw)
-    self.has_skip = spec.skip and block.stride == 1 and block.in_chs == block.out_chs
-    self.drop_path = drop_path(block.drop_path_rate, rngs=rngs) if self.has_skip else None
+    self.has_skip = block.has_skip
+    self.drop_path = drop_path(block, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x

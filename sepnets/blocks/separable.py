@@ -8,9 +8,9 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from sepnets.blocks.common import LayerOptions, add_residual, drop_path
+from sepnets.blocks.common import LayerOptions, add_residual, drop_path, squeeze_excite
 from sepnets.builder import ResolvedBlock
-from sepnets.layers import ConvNormAct, SqueezeExcite
+from sepnets.layers import ConvNormAct
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -21,12 +21,11 @@ class DepthwiseSeparable(nnx.Module):
     spec, c = block.spec, block.in_chs
     self.conv_dw = ConvNormAct(c, c, spec.kernel, stride=block.stride, groups=c, act=block.act,
                                rngs=rngs, **opts.conv_kwargs())
-    self.se = SqueezeExcite(c, block.se_chs, act=se_act or block.act, gate=se_gate, rngs=rngs,
-                            **opts.dtype_kwargs()) if block.se_chs else None
+    self.se = squeeze_excite(block, c, opts=opts, gate=se_gate, act=se_act, rngs=rngs)
     self.conv_pw = ConvNormAct(c, block.out_chs, 1, act=block.act if spec.pw_act else None,
                                rngs=rngs, **opts.conv_kwargs())
-    self.has_skip = spec.skip and block.stride == 1 and c == block.out_chs
-    self.drop_path = drop_path(block.drop_path_rate, rngs=rngs) if self.has_skip else None
+    self.has_skip = block.has_skip
+    self.drop_path = drop_path(block, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x

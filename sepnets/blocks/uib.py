@@ -30,8 +30,8 @@ class UniversalInvertedBottleneck(nnx.Module):
     self.dw_mid = (ConvNormAct(mid, mid, spec.kernel, stride=block.stride, groups=mid,
                                act=block.act, rngs=rngs, **kw) if spec.kernel else None)
     self.pw_proj = ConvNormAct(mid, block.out_chs, 1, act=None, rngs=rngs, **kw)
-    self.has_skip = spec.skip and block.stride == 1 and c == block.out_chs
-    self.drop_path = drop_path(block.drop_path_rate, rngs=rngs) if self.has_skip else None
+    self.has_skip = block.has_skip
+    self.drop_path = drop_path(block, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x

@@ -75,3 +75,31 @@ def reference_key_order(name: str) -> list[str]:
   if name not in REFERENCES:
     raise ValueError(f'no PyTorch reference for {name!r}; known: {sorted(REFERENCES)}')
   return list(build_reference(name).state_dict())
+
+
+def randomize(module: Any, seed: int = 0, image_size: int = 96) -> Any:
+  """Gives a reference model non-trivial weights for parity checks, in eval mode.
+
+  BatchNorm scales, biases and running statistics are drawn at random (PyTorch's init
+  leaves them at 1, 0, 0, 1), linear layers get std 1/sqrt(fan_in), and the classifier is
+  rescaled so that the largest |logit| on a random batch is 4: a wrong mapping cannot hide,
+  and an absolute fp32 tolerance of 1e-4 is meaningful.
+  """
+  import torch
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+        m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+      elif isinstance(m, torch.nn.Linear):
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
+        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    module.eval()
+    scale = module(torch.randn((2, 3, image_size, image_size), generator=g)).abs().max() / 4
+    classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    classifier.weight /= scale
+    classifier.bias /= scale
+  return module

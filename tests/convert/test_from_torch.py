@@ -8,33 +8,10 @@ from flax import nnx
 
 import sepnets
 from sepnets.convert import export_torch_state_dict, load_state_dict, load_torch_weights
-from sepnets.convert.torch_refs import build_reference
+from sepnets.convert.torch_refs import build_reference, randomize
 
 PARITY = ['mobilenet_v1', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small',
           'efficientnet_b0', 'mobilenet_v4_conv_small']
-
-
-def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-  """Non-trivial BatchNorm statistics and logits of order 1 (max |logit| = 4 on a random
-  96x96 batch), so a wrong mapping cannot hide and 1e-4 absolute is a fair fp32 bound."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-        m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-      elif isinstance(m, torch.nn.Linear):
-        m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    module.eval()
-    x = torch.randn((2, 3, 96, 96), generator=g)
-    scale = module(x).abs().max() / 4
-    classifier = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
-    classifier.weight /= scale
-    classifier.bias /= scale
-  return module
 
 
 def forward(model, x):

@@ -75,22 +75,25 @@ def test_bad_input(shape, match):
 def test_options_change_the_model():
   model = sepnets.create_model('mobilenet_v2', rngs=nnx.Rngs(0), num_classes=7, in_chans=1,
                                dtype='bfloat16', padding='same', strategy='grouped')
-  y = model(jnp.ones((1, 32, 32, 1)))
+  y = nnx.jit(lambda m, x: m(x))(model, jnp.ones((1, 32, 32, 1)))
   assert y.shape == (1, 7) and y.dtype == jnp.bfloat16
   assert model.stem.conv.kernel[...].dtype == jnp.float32
   assert model.stages[1][0].conv_dw.conv.strategy == 'grouped'
   assert model.stages[1][0].conv_dw.conv.padding_mode == 'same'
   features = sepnets.create_model('efficientnet_b0', rngs=nnx.Rngs(0), num_classes=0)
-  assert features(jnp.ones((1, 32, 32, 3))).shape == (1, 1280)
+  assert nnx.eval_shape(lambda m, x: m(x), features, jnp.ones((1, 32, 32, 3))).shape == (1, 1280)
 
 
 def test_forward_features_and_head(rng):
   model = sepnets.create_model('mobilenet_v4_conv_small', rngs=nnx.Rngs(0), num_classes=5)
   x = jnp.asarray(rng.standard_normal((2, 64, 64, 3)), jnp.float32)
-  features = model.forward_features(x)
+  parts = nnx.jit(lambda m, x: (m.forward_features(x), m(x)))
+  features, logits = parts(model, x)
   assert features.shape == (2, 2, 2, 960)
-  assert model.forward_head(features, pre_logits=True).shape == (2, 1280)
-  np.testing.assert_allclose(model.forward_head(features), model(x), rtol=1e-6)
+  pre = nnx.jit(lambda m, f: (m.forward_head(f, pre_logits=True), m.forward_head(f)))
+  pooled, head_logits = pre(model, features)
+  assert pooled.shape == (2, 1280)
+  np.testing.assert_allclose(head_logits, logits, rtol=1e-5, atol=1e-6)
 
 
 def test_drop_path_grows_linearly_and_only_on_residuals():
