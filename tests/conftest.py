@@ -1,3 +1,9 @@
+import os
+
+# With libtpu (the tpu extra) installed, JAX would probe for a TPU at start-up; tests run on
+# the CPU and reach TPUs only through compile-only topologies, which work without it.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
 import numpy as np
 import pytest
 
