@@ -54,8 +54,7 @@ def build_reference(name: str, *, num_classes: int = 1000, width: float | None =
       kwargs['width_mult'] = width
     elif width is not None and name.startswith('mobilenet_v3'):
       from torchvision.models import mobilenetv3
-      arch = name.replace('mobilenet_v3_', 'mobilenet_v3_')
-      settings, last = mobilenetv3._mobilenet_v3_conf(arch, width_mult=width)
+      settings, last = mobilenetv3._mobilenet_v3_conf(name, width_mult=width)
       return mobilenetv3.MobileNetV3(settings, last, num_classes=num_classes).eval()
     elif width is not None:
       raise ValueError(f'{name} has no width option in {library}')
