@@ -98,6 +98,46 @@ def _summary(args: argparse.Namespace) -> int:
   return 0
 
 
+def _csv(kind: type):
+  def parse(text: str):
+    items = [t.strip() for t in text.split(',') if t.strip()]
+    if not items:
+      raise argparse.ArgumentTypeError('expected a comma-separated list')
+    if kind is int:
+      return tuple(_positive(t) for t in items)
+    return tuple(items)
+  return parse
+
+
+def _bench(args: argparse.Namespace) -> int:
+  import time
+  from sepnets.compile.suite import BenchConfig, bench_runs, resolve_dtypes, resolve_models, run_bench
+  from sepnets.compile.targets import TargetUnavailable, parse_target
+
+  for target in args.targets:
+    try:
+      parse_target(target)
+    except TargetUnavailable:
+      pass  # a known target whose support is missing: reported per run
+  config = BenchConfig(models=resolve_models(args.models), targets=args.targets,
+                       batches=args.batch, dtypes=resolve_dtypes(args.dtype), modes=args.mode,
+                       image_size=args.image_size, repeats=args.repeats, strategy=args.strategy)
+  out = args.out or f'results/bench-{time.strftime("%Y%m%d-%H%M%S")}'
+  total = len(bench_runs(config))
+  done = [0]
+
+  def progress(label: str) -> None:
+    done[0] += 1
+    print(f'[{done[0]}/{total}] {label}', file=sys.stderr, flush=True)
+
+  run_bench(config, out, progress=None if args.quiet else progress)
+  from pathlib import Path
+  print(Path(out, 'report.md').read_text())
+  print(f'results: {out}/results.json, results.csv, report.md and one folder of HLO per run',
+        file=sys.stderr)
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='sepnets', description=__doc__)
   parser.add_argument('--version', action='version', version=_version())
@@ -141,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar='KEY=VALUE', help='model option, e.g. -o width=0.5 (repeatable)')
   summary.add_argument('--json', action='store_true')
   summary.set_defaults(func=_summary)
+
+  bench = sub.add_parser('bench', help='lower, compile and measure zoo models per target',
+                         description='Compiles each model x target x batch x dtype x mode, '
+                         'dumps StableHLO and optimized HLO, records cost and memory analysis '
+                         'and an op census, and times the local CPU.')
+  bench.add_argument('--models', default='mobilenet_v2,efficientnet_b0',
+                     help="comma-separated names or patterns, e.g. 'mobilenet*'")
+  bench.add_argument('--targets', type=_csv(str), default=('cpu', 'tpu:v5e'),
+                     help='comma-separated: cpu, tpu:v4, tpu:v5e, tpu:v5p, tpu:v6e')
+  bench.add_argument('--batch', type=_csv(int), default=(1,), help='comma-separated batch sizes')
+  bench.add_argument('--dtype', default='fp32', help='comma-separated: fp32, bf16')
+  bench.add_argument('--mode', type=_csv(str), default=('infer',), help='comma-separated: infer, train')
+  bench.add_argument('--image-size', type=_positive, default=None,
+                     help="default: each model's own resolution")
+  bench.add_argument('--strategy', default='auto', help='depthwise strategy (grouped, shift, auto)')
+  bench.add_argument('--repeats', type=_positive, default=5, help='timed runs on the CPU')
+  bench.add_argument('--out', help='output folder (default results/bench-TIMESTAMP)')
+  bench.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
+  bench.set_defaults(func=_bench)
   return parser
 
 

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sepnets.compile.analysis import CompiledStats, stats_of
 from sepnets.compile.census import Census, hlo_census
 from sepnets.compile.targets import Target, check_available
-from sepnets.registry import get_model_def
+from sepnets.registry import create_model, get_model_def
 from sepnets.summary import abstract_model
 from sepnets.train.steps import make_eval_step, make_train_step
 
@@ -47,6 +47,7 @@ class CompileResult:
   stats: CompiledStats
   census: Census
   lowering_seconds: float
+  compiled: jax.stages.Compiled = dataclasses.field(repr=False, compare=False)
 
 
 def _abstract(tree: Any) -> Any:
@@ -54,28 +55,41 @@ def _abstract(tree: Any) -> Any:
 
 
 def model_workload(name: str, *, mode: str = 'infer', batch: int = 1,
-                   image_size: int | None = None, dtype: str = 'float32',
+                   image_size: int | None = None, dtype: str = 'float32', concrete: bool = False,
                    **overrides: Any) -> Workload:
-  """Eval forward ('infer') or a whole SGD-momentum train step ('train') of a zoo model."""
+  """Eval forward ('infer') or a whole SGD-momentum train step ('train') of a zoo model.
+
+  With concrete=False the arguments are abstract (nothing allocated: for lowering); with
+  concrete=True they are real arrays of the same structure (for running and timing).
+  """
   if mode not in MODES:
     raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
   if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
     raise ValueError(f'batch must be a positive integer, got {batch!r}')
   size = image_size or get_model_def(name).default_image_size
   compute = None if dtype == 'float32' else dtype
-  model = abstract_model(name, mode='train' if mode == 'train' else 'eval', dtype=compute,
-                         **overrides)
-  images = jax.ShapeDtypeStruct((batch, size, size, model.in_chans), jnp.float32)
+  model_mode = 'train' if mode == 'train' else 'eval'
+  if concrete:
+    model = create_model(name, rngs=nnx.Rngs(0), dtype=compute, **overrides)
+    getattr(model, model_mode)()
+  else:
+    model = abstract_model(name, mode=model_mode, dtype=compute, **overrides)
+  shape = (batch, size, size, model.in_chans)
+  keep = (lambda tree: tree) if concrete else _abstract
+  images = (jax.random.normal(jax.random.key(0), shape, jnp.float32) if concrete
+            else jax.ShapeDtypeStruct(shape, jnp.float32))
   meta = dict(model=name, mode=mode, batch=batch, image_size=size, dtype=dtype,
               options=dict(overrides))
   if mode == 'infer':
     graphdef, state = nnx.split(model)
-    return Workload(f'{name}/infer', make_eval_step(graphdef), (_abstract(state), images), meta)
+    return Workload(f'{name}/infer', make_eval_step(graphdef), (keep(state), images), meta)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   optimizer = optax.sgd(0.1, momentum=0.9)
-  opt_state = jax.eval_shape(optimizer.init, _abstract(params))
-  labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  args = (_abstract(params), _abstract(rest), opt_state, images, labels)
+  opt_state = (optimizer.init(params) if concrete
+               else jax.eval_shape(optimizer.init, _abstract(params)))
+  labels = (jnp.arange(batch, dtype=jnp.int32) % 10 if concrete
+            else jax.ShapeDtypeStruct((batch,), jnp.int32))
+  args = (keep(params), keep(rest), opt_state, images, labels)
   return Workload(f'{name}/train', make_train_step(graphdef, optimizer), args, meta)
 
 
@@ -101,4 +115,4 @@ def compile_workload(workload: Workload, target: Target) -> CompileResult:
   return CompileResult(workload=workload.name, target=target.name,
                        device_kind=target.device_kind, stablehlo=lowered.as_text(), hlo=hlo,
                        stats=stats_of(compiled, compile_seconds), census=hlo_census(hlo),
-                       lowering_seconds=lowering_seconds)
+                       lowering_seconds=lowering_seconds, compiled=compiled)

@@ -1,0 +1,70 @@
+"""`sepnets bench` and its runner: files, statuses, numbers that agree with each other."""
+
+import csv
+import json
+
+import pytest
+
+from sepnets.cli import main
+from sepnets.compile.lowering import compile_workload, model_workload
+from sepnets.compile.suite import BenchConfig, run_bench
+from sepnets.compile.targets import parse_target
+
+
+def test_run_bench_writes_everything(tmp_path):
+  config = BenchConfig(models=('mobilenet_v3_small',), targets=('cpu', 'tpu:v5e', 'gpu:h100'),
+                       batches=(2,), modes=('infer', 'train'), image_size=32, repeats=1,
+                       strategy='grouped')
+  result = run_bench(config, tmp_path)
+  runs = {(r['target'], r['mode']): r for r in result['runs']}
+  assert [r['status'] for r in result['runs']] == ['ok'] * 4 + ['skipped'] * 2
+  assert 'not implemented yet' in runs['gpu:h100', 'infer']['reason']
+  cpu, tpu = runs['cpu', 'infer'], runs['tpu:v5e', 'infer']
+  assert cpu['params'] == tpu['params'] == 2_542_856
+  assert cpu['latency_ms'] > 0 and cpu['achieved_gflops'] > 0
+  assert 'latency_ms' not in tpu and tpu['device_kind'].startswith('TPU')
+  # every depthwise conv survives as a grouped convolution on both (1x1 convs may become dots)
+  assert cpu['convolutions']['depthwise'] == tpu['convolutions']['depthwise'] == 11
+  direct = compile_workload(model_workload('mobilenet_v3_small', batch=2, image_size=32,
+                                           strategy='grouped'), parse_target('cpu'))
+  assert cpu['flops'] == direct.stats.flops
+  assert runs['cpu', 'train']['flops'] > 2 * cpu['flops']
+  for r in result['runs'][:4]:
+    for path in r['files']:
+      assert open(path).read().strip()
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  assert saved['runs'] == json.loads(json.dumps(result['runs']))
+  with open(tmp_path / 'results.csv') as f:
+    assert len(list(csv.DictReader(f))) == 6
+  report = (tmp_path / 'report.md').read_text()
+  assert report.count('| mobilenet_v3_small |') == 6 and 'skipped: GPU targets' in report
+
+
+def test_too_large_for_the_target_is_reported(tmp_path):
+  config = BenchConfig(models=('mobilenet_v2',), targets=('tpu:v5e',), batches=(16384,))
+  (run,) = run_bench(config, tmp_path)['runs']
+  assert run['status'] == 'does not fit'
+  assert 'Ran out of memory on HBM' in run['reason']
+
+
+def test_cli_bench(tmp_path, capsys):
+  out = tmp_path / 'bench'
+  assert main(['bench', '--models', 'mobilenet_v3_small', '--targets', 'cpu', '--image-size', '32',
+               '--repeats', '1', '--dtype', 'bf16', '--out', str(out), '--quiet']) == 0
+  assert '| mobilenet_v3_small | cpu | infer | 1 | bfloat16 |' in capsys.readouterr().out
+  assert (out / 'results.json').exists()
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['bench', '--targets', 'cpu,tpu:v9'], "unknown target 'tpu:v9'"),
+    (['bench', '--models', 'resnet*'], "no model matches 'resnet*'"),
+    (['bench', '--dtype', 'fp8'], "unknown dtype 'fp8'"),
+    (['bench', '--mode', 'predict'], "unknown mode 'predict'"),
+    (['bench', '--batch', '0'], 'expected a positive integer, got 0'),
+])
+def test_cli_bench_bad_input(argv, message, capsys, tmp_path):
+  with pytest.raises(SystemExit) as exc:
+    main(argv + ['--out', str(tmp_path)])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and 'Traceback' not in err
