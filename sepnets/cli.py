@@ -121,7 +121,8 @@ def _bench(args: argparse.Namespace) -> int:
       pass  # a known target whose support is missing: reported per run
   config = BenchConfig(models=resolve_models(args.models), targets=args.targets,
                        batches=args.batch, dtypes=resolve_dtypes(args.dtype), modes=args.mode,
-                       image_size=args.image_size, repeats=args.repeats, strategy=args.strategy)
+                       image_size=args.image_size, repeats=args.repeats, strategy=args.strategy,
+                       write_hlo=not args.no_hlo, plots=not args.no_plots)
   out = args.out or f'results/bench-{time.strftime("%Y%m%d-%H%M%S")}'
   total = len(bench_runs(config))
   done = [0]
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument('--strategy', default='auto', help='depthwise strategy (grouped, shift, auto)')
   bench.add_argument('--repeats', type=_positive, default=5, help='timed runs on the CPU')
   bench.add_argument('--out', help='output folder (default results/bench-TIMESTAMP)')
+  bench.add_argument('--no-hlo', action='store_true', help='do not write the HLO files')
+  bench.add_argument('--no-plots', action='store_true', help='do not draw the PNG plots')
   bench.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
   bench.set_defaults(func=_bench)
   return parser

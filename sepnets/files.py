@@ -7,6 +7,13 @@ import tempfile
 from pathlib import Path
 
 
+def default_mode() -> int:
+  """The permission bits a plain open() would give a new file (0o666 less the umask)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
   """Writes `text` to a temporary file beside `path`, then renames it over `path`."""
   path = Path(path)
@@ -17,6 +24,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, default_mode())
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 from sepnets import costs
 from sepnets.compile.lowering import MODES, compile_workload, model_workload
 from sepnets.compile.metadata import run_metadata
+from sepnets.compile.plots import plot_macs_vs_latency, plot_memory
 from sepnets.compile.targets import TargetUnavailable, check_available, parse_target
 from sepnets.compile.timing import time_compiled
 from sepnets.files import atomic_write_text
@@ -41,6 +42,8 @@ class BenchConfig:
   image_size: int | None = None
   repeats: int = 5
   strategy: str = 'auto'
+  write_hlo: bool = True
+  plots: bool = True
 
   def __post_init__(self):
     if not self.models:
@@ -113,8 +116,10 @@ def _one_run(config: BenchConfig, out: Path, model: str, target_name: str, batch
                                        **{k: v for k, v in options.items()})
   analytic = costs.totals(layer_rows)
   folder = out / row['id']
-  atomic_write_text(folder / 'stablehlo.mlir', result.stablehlo)
-  atomic_write_text(folder / 'optimized_hlo.txt', result.hlo)
+  files = []
+  if config.write_hlo:
+    files = [atomic_write_text(folder / 'stablehlo.mlir', result.stablehlo),
+             atomic_write_text(folder / 'optimized_hlo.txt', result.hlo)]
   s, census = result.stats, result.census
   row.update(status='ok', device_kind=result.device_kind, image_size=size,
              params=analytic.params, macs=analytic.macs, macs_valid=analytic.macs_valid,
@@ -126,8 +131,7 @@ def _one_run(config: BenchConfig, out: Path, model: str, target_name: str, batch
              compile_seconds=s.compile_seconds, lowering_seconds=result.lowering_seconds,
              convolutions=census.convolutions, custom_calls=census.custom_calls,
              fusions=sum(census.fusions.values()), copies=census.copies,
-             transposes=census.transposes, files=[str(folder / 'stablehlo.mlir'),
-                                                  str(folder / 'optimized_hlo.txt')])
+             transposes=census.transposes, files=[str(f) for f in files])
   if not target.aot:
     args = model_workload(model, mode=mode, batch=batch, image_size=config.image_size,
                           dtype=dtype, concrete=True, **options).args
@@ -153,6 +157,10 @@ def run_bench(config: BenchConfig, out: str | Path,
       progress(run_id(model, target, batch, dtype, mode))
     rows.append(_one_run(config, out, model, target, batch, dtype, mode))
   result = {'config': dataclasses.asdict(config), 'metadata': run_metadata(), 'runs': rows}
+  if config.plots:
+    drawn = (plot_macs_vs_latency(rows, out / 'macs_vs_latency.png'),
+             plot_memory(rows, out / 'memory.png'))
+    result['plots'] = [p.name for p in drawn if p]
   atomic_write_text(out / 'results.json', json.dumps(result, indent=2) + '\n')
   atomic_write_text(out / 'results.csv', to_csv(rows))
   atomic_write_text(out / 'report.md', to_markdown(result))
@@ -198,6 +206,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"| {_num(r['flops_over_2macs'], '.3f')} | {_num(r['bytes_accessed'], ',.0f')} "
         f"| {_num(r['intensity'], '.1f')} | {_num(temp, '.1f')} "
         f"| {_num(r.get('latency_ms'), '.2f')} | {_num(r.get('achieved_gflops'), '.1f')} | ok |")
+  lines += [''] + [f'![{name}]({name})' for name in result.get('plots', [])]
   lines += ['', 'MACs: analytic, conv + linear over every tap, for the whole batch. flops / 2MACs '
             'above 1 is compiled work beyond the convolutions (elementwise ops, BatchNorm in '
             'train mode, the backward pass and the update in train mode).']

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from sepnets.cli import main
 from sepnets.compile.lowering import compile_workload, model_workload
 from sepnets.compile.suite import BenchConfig, run_bench
 from sepnets.compile.targets import parse_target
+from sepnets.files import default_mode
 
 
 def test_run_bench_writes_everything(tmp_path):
@@ -38,6 +40,22 @@ def test_run_bench_writes_everything(tmp_path):
     assert len(list(csv.DictReader(f))) == 6
   report = (tmp_path / 'report.md').read_text()
   assert report.count('| mobilenet_v3_small |') == 6 and 'skipped: GPU targets' in report
+  assert result['plots'] == ['macs_vs_latency.png', 'memory.png']
+  for name in result['plots']:
+    assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert f'![{name}]({name})' in report
+  for name in ('results.json', 'results.csv', 'report.md', 'memory.png'):
+    assert (tmp_path / name).stat().st_mode & 0o777 == default_mode()
+
+
+def test_checked_in_sample_report_is_complete_and_small():
+  folder = Path(__file__).parents[2] / 'docs' / 'sample_report'
+  report = (folder / 'report.md').read_text()
+  result = json.loads((folder / 'results.json').read_text())
+  assert {r['status'] for r in result['runs']} == {'ok', 'skipped'}
+  for name in result['plots']:
+    assert f'![{name}]({name})' in report and (folder / name).exists()
+  assert sum(f.stat().st_size for f in folder.iterdir()) < 1_000_000
 
 
 def test_too_large_for_the_target_is_reported(tmp_path):
