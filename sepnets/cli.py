@@ -112,13 +112,7 @@ def _csv(kind: type):
 def _bench(args: argparse.Namespace) -> int:
   import time
   from sepnets.compile.suite import BenchConfig, bench_runs, resolve_dtypes, resolve_models, run_bench
-  from sepnets.compile.targets import TargetUnavailable, parse_target
 
-  for target in args.targets:
-    try:
-      parse_target(target)
-    except TargetUnavailable:
-      pass  # a known target whose support is missing: reported per run
   config = BenchConfig(models=resolve_models(args.models), targets=args.targets,
                        batches=args.batch, dtypes=resolve_dtypes(args.dtype), modes=args.mode,
                        image_size=args.image_size, repeats=args.repeats, strategy=args.strategy,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.helpers import conv_out_size, pair, resolve_pads
+from sepnets.tables import aligned
 from sepnets.trace import LayerCall, trace_layers
 
 # --- the formulas -------------------------------------------------------------------------
@@ -162,16 +163,10 @@ def format_table(rows: Sequence[LayerCost]) -> str:
   body = [(r.path or '(root)', r.kind, 'x'.join(map(str, r.out_shape)), f'{r.params:,}',
            f'{r.macs:,}', f'{r.macs_valid:,}', f'{r.act_bytes_out:,}') for r in rows]
   t = totals(rows)
-  body.append(('total', '', '', f'{t.params:,}', f'{t.macs:,}', f'{t.macs_valid:,}', ''))
-  widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-  right = {3, 4, 5, 6}
-
-  def line(row):
-    return '  '.join(cell.rjust(w) if i in right else cell.ljust(w)
-                     for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-
-  rule = '-' * len(line(header))
-  out = [line(header), rule, *map(line, body[:-1]), rule, line(body[-1])]
+  total = ('total', '', '', f'{t.params:,}', f'{t.macs:,}', f'{t.macs_valid:,}', '')
+  lines = aligned([header, *body, total], left={0, 1, 2})
+  rule = '-' * len(lines[0])
+  out = [lines[0], rule, *lines[1:-1], rule, lines[-1]]
   if t.stats:
     out.append(f'non-trainable statistics (BatchNorm running mean/var): {t.stats:,}')
   return '\n'.join(out)

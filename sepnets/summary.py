@@ -10,6 +10,7 @@ from flax import nnx
 
 from sepnets import costs
 from sepnets.registry import create_model, get_model_def, list_models
+from sepnets.tables import aligned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +62,7 @@ def format_zoo(rows: list[ModelCosts]) -> str:
   header = ('model', 'image', 'params', 'BN stats', 'MACs', 'valid MACs', 'reference')
   body = [(r.name, str(r.image_size), f'{r.params:,}', f'{r.stats:,}', f'{r.macs:,}',
            f'{r.macs_valid:,}', r.reference) for r in rows]
-  widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-  fmt = lambda row: '  '.join(c.ljust(w) if i in (0, 6) else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-  return '\n'.join([fmt(header), '-' * len(fmt(header)), *map(fmt, body),
+  lines = aligned([header, *body], left={0, 6})
+  return '\n'.join([lines[0], '-' * len(lines[0]), *lines[1:],
                     '', 'MACs per image at the default resolution, conv + linear, every tap '
                     '(valid MACs: taps inside the input, as XLA counts); eval mode.'])

@@ -22,6 +22,7 @@ from sepnets.compile.timing import time_compiled
 from sepnets.layers import DepthwiseConv, PointwiseConv, SeparableConv, StandardConv
 from sepnets.layers.depthwise import AUTO_CHOICE, get_strategy
 from sepnets.layers.helpers import positive_int
+from sepnets.tables import aligned
 
 LAYERS = ('standard', 'depthwise', 'pointwise', 'separable')
 DEPTHWISE_LAYERS = ('depthwise', 'separable')
@@ -169,10 +170,8 @@ def format_suite(result: dict[str, object]) -> str:
            f"{r['macs_valid']:,}", _fmt(r['flops'], ',.0f'), _fmt(r['bytes_accessed'], ',.0f'),
            _fmt(r['intensity'], '.2f'), f"{r['forward_ms']:.2f}",
            _fmt(r['forward_backward_ms'], '.2f')) for r in result['rows']]
-  widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
-  fmt_row = lambda row: '  '.join(c.ljust(w) if i < 2 else c.rjust(w)
-                                  for i, (c, w) in enumerate(zip(row, widths)))
-  lines += [fmt_row(header), '-' * len(fmt_row(header)), *map(fmt_row, body), '']
+  table = aligned([header, *body], left={0, 1})
+  lines += [table[0], '-' * len(table[0]), *table[1:], '']
   lines.append('savings, standard / separable (x):')
   for strategy, ratios in result['savings_standard_over_separable'].items():
     parts = [f'{name} {_fmt(value, ".2f")}' for name, value in ratios.items()]

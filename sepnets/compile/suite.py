@@ -113,7 +113,7 @@ def _one_run(config: BenchConfig, out: Path, model: str, target_name: str, batch
       return {**row, 'status': 'does not fit', 'reason': message.strip().splitlines()[0][:300]}
     raise
   layer_rows, size = model_layer_costs(model, image_size=config.image_size, batch=batch,
-                                       **{k: v for k, v in options.items()})
+                                       **options)
   analytic = costs.totals(layer_rows)
   folder = out / row['id']
   files = []
