@@ -9,11 +9,13 @@ from flax import nnx
 
 from sepnets import costs
 from sepnets.compile.census import hlo_census
+from sepnets.compile.hlo_cost import hlo_cost
 from sepnets.compile.lowering import Workload, compile_workload, model_workload
 from sepnets.compile.targets import TargetUnavailable, check_available, parse_target
 from sepnets.layers import DepthwiseConv, PointwiseConv, StandardConv
 
 TARGETS = ['cpu', 'tpu:v4', 'tpu:v5e', 'tpu:v5p', 'tpu:v6e']
+GPU_TARGETS = ['gpu:a100', 'gpu:h100', 'gpu:h200']
 
 
 def test_parse_target():
@@ -21,11 +23,36 @@ def test_parse_target():
   v5e = parse_target('tpu:v5e')
   assert (v5e.platform, v5e.topology, v5e.aot) == ('tpu', 'v5e:1x1', True)
   assert parse_target('tpu:v5e:2x2').topology == 'v5e:2x2'
-  for bad in ('tpu', 'tpu:v9', 'cuda', 'cpu:0', ''):
-    with pytest.raises(ValueError, match='unknown target .*expected one of cpu, tpu:v4'):
+  h100 = parse_target('gpu:h100')
+  assert (h100.platform, h100.topology, h100.aot) == ('gpu', 'h100_sxm.txtpb', True)
+  assert parse_target('gpu').aot is False
+  for bad in ('tpu', 'tpu:v9', 'cuda', 'cpu:0', '', 'gpu:v100', 'gpu:h100:2'):
+    with pytest.raises(ValueError, match='unknown target .*expected one of cpu, gpu, tpu:v4'):
       parse_target(bad)
-  with pytest.raises(TargetUnavailable, match='not implemented yet'):
-    parse_target('gpu:h100')
+
+
+def test_gpu_targets_describe_their_devices():
+  for name, kind, gib in [('gpu:a100', 'NVIDIA A100-SXM4-40GB', 39.4),
+                          ('gpu:h100', 'NVIDIA H100 80GB HBM3', 79.1),
+                          ('gpu:h200', 'NVIDIA H200', 140.4)]:
+    target = parse_target(name)
+    check_available(target)
+    assert target.device_kind == kind
+    assert round(target.memory_bytes / 2**30, 1) == gib
+  assert parse_target('tpu:v5e').memory_bytes == 16 * 2**30
+
+
+def test_no_local_gpu_is_reported():
+  with pytest.raises(TargetUnavailable, match="gpu: no GPU on this machine"):
+    check_available(parse_target('gpu'))
+
+
+def test_missing_cuda_plugin_is_reported(monkeypatch):
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name.startswith('jax_plugins') else real(name, *a))
+  with pytest.raises(TargetUnavailable, match=r"the CUDA plugin is not installed \(pip install 'sepnets\[gpu\]'\)"):
+    check_available(parse_target('gpu:h100'))
 
 
 def test_missing_libtpu_is_reported(monkeypatch):
@@ -69,6 +96,24 @@ def test_conv_flops_exact_on_every_target(target):
     if target.startswith('tpu'):
       assert result.stats.optimal_seconds is not None and result.stats.optimal_seconds > 0
       assert result.device_kind.startswith('TPU')
+
+
+@pytest.mark.parametrize('target', GPU_TARGETS)
+def test_conv_flops_exact_on_deviceless_gpus(target):
+  """No cost analysis on a deviceless GPU: the cuDNN custom calls are counted from the HLO."""
+  for make, shape in EXACT_CASES:
+    layer = nnx.eval_shape(make)
+    (row,) = costs.layer_costs(layer, shape)
+    result = compile_workload(_layer_workload(layer, shape), parse_target(target))
+    assert result.stats.flops is None
+    flops = hlo_cost(result.hlo).flops
+    if row.in_shape[1] == row.out_shape[1]:
+      assert flops == 2 * row.macs_valid, (target, row.kind, shape)
+    else:  # stride 2, 'same' pads 0 before and 1 after: cuDNN may get an explicitly padded input
+      assert 2 * row.macs_valid <= flops <= 2 * row.macs, (target, row.kind, shape)
+    assert result.stats.argument_bytes > 0 and result.stats.temp_bytes is not None
+    assert result.census.custom_calls.get('__cudnn$convForward', 0) + \
+        result.census.custom_calls.get('__cublas$gemm', 0) + result.census.fusions.get('kCustom', 0) >= 1
 
 
 @pytest.mark.parametrize('target', TARGETS[1:])
