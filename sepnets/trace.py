@@ -76,6 +76,45 @@ def trace_layers(module: nnx.Module, input_shape: Sequence[int],
   return calls
 
 
+SCOPE_ATTR = 'sepnets_scope'
+
+
+def tag_layer_scopes(module: nnx.Module) -> nnx.Module:
+  """Gives every Conv/Linear/BatchNorm of `module` its path as a static attribute.
+
+  Under `layer_scopes()` the tagged layers run inside `jax.named_scope(path)`, so every HLO
+  op they produce (forward and, under autodiff, backward) carries the layer's path in its
+  metadata `op_name`: that is how compiled flops are attributed to layers.
+  """
+  for path, node in nnx.iter_graph(module):
+    if isinstance(node, RECORDED):
+      setattr(node, SCOPE_ATTR, path_str(path))
+  return module
+
+
+@contextlib.contextmanager
+def layer_scopes() -> Iterator[None]:
+  """While active, tagged layers trace inside a named scope of their path."""
+  originals = {cls: cls.__call__ for cls in RECORDED}
+
+  def wrap(original):
+    def scoped_call(self, *args, **kwargs):
+      scope = getattr(self, SCOPE_ATTR, None)
+      if scope is None:
+        return original(self, *args, **kwargs)
+      with jax.named_scope(scope):
+        return original(self, *args, **kwargs)
+    return scoped_call
+
+  try:
+    for cls, original in originals.items():
+      cls.__call__ = wrap(original)
+    yield
+  finally:
+    for cls, original in originals.items():
+      cls.__call__ = original
+
+
 def modules_by_path(module: nnx.Module) -> dict[str, nnx.Module]:
   """Path -> sub-module of `module` (the object itself, not a copy)."""
   return {path_str(path): node for path, node in nnx.iter_graph(module)

@@ -24,6 +24,7 @@ from sepnets.compile.census import Census, hlo_census
 from sepnets.compile.targets import Target, check_available
 from sepnets.registry import create_model, get_model_def
 from sepnets.summary import abstract_model
+from sepnets.trace import layer_scopes, tag_layer_scopes
 from sepnets.train.steps import make_eval_step, make_train_step
 
 MODES = ('infer', 'train')
@@ -74,6 +75,7 @@ def model_workload(name: str, *, mode: str = 'infer', batch: int = 1,
     getattr(model, model_mode)()
   else:
     model = abstract_model(name, mode=model_mode, dtype=compute, **overrides)
+  tag_layer_scopes(model)
   shape = (batch, size, size, model.in_chans)
   keep = (lambda tree: tree) if concrete else _abstract
   images = (jax.random.normal(jax.random.key(0), shape, jnp.float32) if concrete
@@ -106,7 +108,8 @@ def compile_workload(workload: Workload, target: Target) -> CompileResult:
   """Lowers and compiles `workload` for `target`."""
   check_available(target)
   start = time.perf_counter()
-  lowered = jax.jit(workload.fn).lower(*_place(workload.args, target))
+  with layer_scopes():
+    lowered = jax.jit(workload.fn).lower(*_place(workload.args, target))
   lowering_seconds = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
