@@ -8,7 +8,7 @@ import pytest
 
 from sepnets.cli import main
 from sepnets.compile.lowering import compile_workload, model_workload
-from sepnets.compile.suite import BenchConfig, run_bench
+from sepnets.compile.suite import BenchConfig, run_bench, worked_example_rows
 from sepnets.compile.targets import parse_target
 from sepnets.files import default_mode
 
@@ -19,14 +19,23 @@ def test_run_bench_writes_everything(tmp_path):
                        strategy='grouped')
   result = run_bench(config, tmp_path)
   runs = {(r['target'], r['mode']): r for r in result['runs']}
-  assert [r['status'] for r in result['runs']] == ['ok'] * 4 + ['skipped'] * 2
-  assert 'not implemented yet' in runs['gpu:h100', 'infer']['reason']
-  cpu, tpu = runs['cpu', 'infer'], runs['tpu:v5e', 'infer']
-  assert cpu['params'] == tpu['params'] == 2_542_856
+  assert [r['status'] for r in result['runs']] == ['ok'] * 6
+  cpu, tpu, gpu = runs['cpu', 'infer'], runs['tpu:v5e', 'infer'], runs['gpu:h100', 'infer']
+  assert cpu['params'] == tpu['params'] == gpu['params'] == 2_542_856
   assert cpu['latency_ms'] > 0 and cpu['achieved_gflops'] > 0
+  assert 0 < cpu['roofline_fraction'] and cpu['roofline_bound'] in ('compute', 'memory')
   assert 'latency_ms' not in tpu and tpu['device_kind'].startswith('TPU')
-  # every depthwise conv survives as a grouped convolution on both (1x1 convs may become dots)
+  assert gpu['device_kind'] == 'NVIDIA H100 80GB HBM3' and gpu['flops_source'] == 'hlo'
+  assert gpu['memory_limit_bytes'] > 79 * 2**30
+  # every depthwise conv survives as a grouped convolution on CPU and TPU (1x1 convs may
+  # become dots); on the GPU they are cuDNN calls
   assert cpu['convolutions']['depthwise'] == tpu['convolutions']['depthwise'] == 11
+  assert gpu['custom_calls'].get('__cudnn$convForward', 0) >= 11
+  # inference: every forward conv does exactly 2 x valid MACs on CPU and GPU
+  for r in (cpu, gpu):
+    rec = r['reconciliation']
+    assert rec['layers_exact'] == rec['layers'] and rec['unexplained'] == 0
+    assert rec['forward_matmul'] == 2 * r['macs_valid']
   direct = compile_workload(model_workload('mobilenet_v3_small', batch=2, image_size=32,
                                            strategy='grouped'), parse_target('cpu'))
   assert cpu['flops'] == direct.stats.flops
@@ -39,8 +48,9 @@ def test_run_bench_writes_everything(tmp_path):
   with open(tmp_path / 'results.csv') as f:
     assert len(list(csv.DictReader(f))) == 6
   report = (tmp_path / 'report.md').read_text()
-  assert report.count('| mobilenet_v3_small |') == 6 and 'skipped: GPU targets' in report
-  assert result['plots'] == ['macs_vs_latency.png', 'memory.png']
+  assert report.count('| mobilenet_v3_small |') == 6 and '## Reconciliation' in report
+  assert (tmp_path / cpu['id'] / 'reconciliation.md').read_text().count('| exact |') == cpu['reconciliation']['layers']
+  assert result['plots'] == ['roofline.png', 'macs_vs_latency.png', 'memory.png']
   for name in result['plots']:
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert f'![{name}]({name})' in report
@@ -86,3 +96,25 @@ def test_cli_bench_bad_input(argv, message, capsys, tmp_path):
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert message in err and 'Traceback' not in err
+
+
+def test_worked_example_layers_on_every_target(tmp_path):
+  """The mission's worked example: the 8.69x parameter saving, and what compilation makes of
+  it on each target (flops counted by XLA on cpu/tpu, from the HLO on the deviceless GPU)."""
+  config = BenchConfig(models=(), layers=('worked',), targets=('cpu', 'tpu:v5e', 'gpu:h100'),
+                       repeats=1, layer_strategies=('grouped',), peaks=False, plots=False,
+                       write_hlo=False)
+  result = run_bench(config, tmp_path)
+  runs = result['runs']
+  assert {r['status'] for r in runs} == {'ok'} and len(runs) == 4 * 3
+  by = {(r['model'].split('_')[0], r['target']): r for r in runs}
+  assert by['worked/standardk3', 'cpu']['params'] == 589_824
+  assert by['worked/separablek3', 'cpu']['params'] == 67_840
+  worked = {w['target']: w for w in worked_example_rows(runs)}
+  assert set(worked) == {'cpu', 'tpu:v5e', 'gpu:h100'}
+  for w in worked.values():
+    assert round(w['params'], 2) == 8.69 and w['macs'] == pytest.approx(8.69, abs=0.01)
+    assert 8 < w['flops'] < 10  # the flop saving survives compilation everywhere
+  assert worked['gpu:h100']['flops_source'] == 'hlo' and worked['cpu']['latency'] > 0
+  report = (tmp_path / 'report.md').read_text()
+  assert '## Worked example' in report and '| gpu:h100 | 1 | float32 | grouped | 8.69x' in report
