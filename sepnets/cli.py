@@ -125,14 +125,9 @@ def _bench(args: argparse.Namespace) -> int:
                        write_hlo=not args.no_hlo, plots=not args.no_plots,
                        peaks=not args.no_peaks)
   out = args.out or f'results/bench-{time.strftime("%Y%m%d-%H%M%S")}'
-  total = len(bench_runs(config))
-  done = [0]
-
-  def progress(label: str) -> None:
-    done[0] += 1
-    print(f'[{done[0]}/{total}] {label}', file=sys.stderr, flush=True)
-
-  run_bench(config, out, progress=None if args.quiet else progress)
+  from sepnets.progress import ProgressBar
+  progress = None if args.quiet else ProgressBar(len(bench_runs(config)))
+  run_bench(config, out, progress=progress)
   from pathlib import Path
   print(Path(out, 'report.md').read_text())
   print(f'results: {out}/results.json, results.csv, report.md, PNG plots and one folder per run '

@@ -34,11 +34,14 @@ def _save(fig, path: Path) -> Path:
 
 
 def _label(r: dict[str, Any]) -> str:
-  return f"{r['model']} {r['mode']} b{r['batch']} {r['dtype'].replace('float', 'f').replace('bfloat16', 'bf16')}"
+  dtype = r['dtype'].replace('bfloat16', 'bf16').replace('float', 'f')
+  strategy = f" [{r['strategy']}]" if r.get('kind') == 'layer' and r.get('strategy') else ''
+  return f"{r['model']}{strategy} {r['mode']} b{r['batch']} {dtype}"
 
 
 def plot_macs_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-  """Analytic MACs against measured CPU latency: the depthwise 'FLOPs trap' shows as scatter."""
+  """Analytic MACs against measured CPU latency, log-log: the depthwise 'FLOPs trap' shows as
+  points far above the line through the dense convolutions."""
   timed = [r for r in rows if r.get('latency_ms')]
   if not timed:
     return None
@@ -49,7 +52,7 @@ def plot_macs_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | N
     ax.annotate(_label(r), (r['macs'] / 1e9, r['latency_ms']), fontsize=7, xytext=(4, 2),
                 textcoords='offset points')
   ax.set(xlabel='analytic GMACs (every tap)', ylabel='CPU latency, ms (median)',
-         title='Analytic MACs vs measured latency')
+         title='Analytic MACs vs measured latency', xscale='log', yscale='log')
   ax.grid(True, alpha=0.3)
   path = _save(fig, path)
   plt.close(fig)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from sepnets.compile.hlo_cost import ConvOp, HloCost
+from sepnets.compile.hlo_cost import ConvOp, DotOp, HloCost
 from sepnets.costs import LayerCost
 
 _TOKEN = re.compile(r'[\w.\-]+')
@@ -125,6 +126,21 @@ def _by_shape(conv: ConvOp, layer_rows: Sequence[LayerCost],
   return path
 
 
+def _dot_by_shape(dot: DotOp, layer_rows: Sequence[LayerCost]) -> tuple[str | None, bool]:
+  """(layer, is-backward) of a dot without source metadata (XLA:CPU drops it on some), from
+  shapes: the forward writes the layer's output from its input, the backward writes the
+  input's gradient or the kernel's."""
+  for row in layer_rows:
+    if row.kind != 'linear':
+      continue
+    n_in, n_out = row.in_shape[-1], row.out_shape[-1]
+    if sorted(dot.out) == sorted(row.out_shape) and math.prod(dot.lhs) == math.prod(row.in_shape):
+      return row.path, False
+    if sorted(dot.out) == sorted(row.in_shape) or sorted(dot.out) == sorted((n_in, n_out)):
+      return row.path, True
+  return None, False
+
+
 def reconcile(cost: HloCost, layer_rows: Sequence[LayerCost],
               xla_flops: float | None = None) -> Reconciliation:
   layers = {row.path: LayerFlops(row.path, row.kind, row.macs, row.macs_valid)
@@ -132,11 +148,14 @@ def reconcile(cost: HloCost, layer_rows: Sequence[LayerCost],
   outside: collections.Counter[str] = collections.Counter()
   paths = set(layers)
   convs = {conv.name: conv for conv in cost.convolutions}
+  dots = {dot.name: dot for dot in cost.dots}
   fallback: collections.Counter[str] = collections.Counter()
   for op in cost.ops:
     path, backward = attribute(op.op_name, paths)
     if path is None and op.name in convs:
       path, backward = _by_shape(convs[op.name], layer_rows, fallback), True
+    elif path is None and op.name in dots and not op.op_name:
+      path, backward = _dot_by_shape(dots[op.name], layer_rows)
     if path is None:
       if op.flops:
         outside[op.opcode] += op.flops

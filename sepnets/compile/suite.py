@@ -14,7 +14,7 @@ import dataclasses
 import io
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from sepnets.compile.reconcile import format_reconciliation, reconcile
 from sepnets.compile.targets import TargetUnavailable, check_available, parse_target
 from sepnets.compile.timing import time_compiled
 from sepnets.files import atomic_write_text
+from sepnets.progress import ProgressBar
 from sepnets.layers.depthwise import get_strategy
 from sepnets.registry import list_models
 from sepnets.summary import model_layer_costs
@@ -229,7 +230,7 @@ def _one_run(config: BenchConfig, out: Path, run: Run, peaks: dict[str, Peaks]) 
 
 
 def run_bench(config: BenchConfig, out: str | Path,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: ProgressBar | None = None) -> dict[str, Any]:
   """Runs every combination and writes results.json, results.csv and report.md to `out`."""
   out = Path(out)
   runs = bench_runs(config)
@@ -243,13 +244,15 @@ def run_bench(config: BenchConfig, out: str | Path,
         continue
       if not target.aot:
         if progress:
-          progress(f'{name}: measuring peak FLOP/s and copy bandwidth')
+          progress.note(f'{name}: measuring peak FLOP/s and copy bandwidth')
         peaks[name] = measure_peaks(target.devices()[0])
   rows = []
   for run in runs:
     if progress:
-      progress(run.id)
+      progress.step(run.id)
     rows.append(_one_run(config, out, run, peaks))
+  if progress:
+    progress.close()
   result = {'config': dataclasses.asdict(config), 'metadata': run_metadata(),
             'peaks': {name: p.to_json() for name, p in peaks.items()}, 'runs': rows}
   if config.plots:
@@ -383,7 +386,7 @@ def to_markdown(result: dict[str, Any]) -> str:
       if r['status'] == 'ok' and r.get('reconciliation'):
         rec = r['reconciliation']
         lines += [f"### {r['model']} on {r['target']}, {r['mode']}, batch {r['batch']}, "
-                  f"{r['dtype']} (per layer: `{r['id']}/reconciliation.md`)", '',
+                  f"{r['dtype']} ([per layer]({r['id']}/reconciliation.md))", '',
                   _bridge(rec), '']
   if layers:
     lines += ['## Layers', ''] + _layer_table(layers) + ['']

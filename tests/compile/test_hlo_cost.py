@@ -81,11 +81,15 @@ def test_zoo_counts_agree_with_xla(target, mode):
     assert abs(cost.bytes_accessed - result.stats.bytes_accessed) <= 1e-5 * result.stats.bytes_accessed
 
 
-def _reconciled(model, mode, strategy, target):
-  result = compile_workload(model_workload(model, mode=mode, batch=2, image_size=32,
+def _reconciled_at(model, mode, strategy, target, batch=2):
+  result = compile_workload(model_workload(model, mode=mode, batch=batch, image_size=32,
                                            strategy=strategy), parse_target(target))
-  rows, _ = model_layer_costs(model, image_size=32, batch=2, strategy=strategy)
+  rows, _ = model_layer_costs(model, image_size=32, batch=batch, strategy=strategy)
   return reconcile(hlo_cost(result.hlo), rows, result.stats.flops), rows
+
+
+def _reconciled(model, mode, strategy, target):
+  return _reconciled_at(model, mode, strategy, target)
 
 
 @pytest.mark.parametrize('target', ['cpu', 'gpu:h100'])
@@ -123,3 +127,12 @@ def test_attribute_reads_scopes_and_autodiff():
   assert attribute('jit(t)/transpose(jvp(stages.0.0.conv_dw.conv))/mul', paths) == (
       'stages.0.0.conv_dw.conv', True)
   assert attribute('jit(t)/relu6/min', paths) == (None, False)
+
+
+def test_dot_without_metadata_is_attributed_by_shape():
+  """At batch 1 XLA:CPU drops the classifier dot's metadata; shapes still place it."""
+  rec, _ = _reconciled_at('mobilenet_v1', 'infer', 'grouped', 'cpu', batch=1)
+  layers = {layer.path: layer for layer in rec.layers}
+  assert layers['classifier'].status == 'exact'
+  assert 'dot' not in rec.outside and rec.unexplained == 0
+  assert rec.summary()['layers_exact'] == rec.summary()['layers'] == 28
