@@ -288,6 +288,10 @@ def _num(value: Any, spec: str) -> str:
   return '-' if value is None else format(value, spec)
 
 
+def _times(ratio: float | None) -> str:
+  return '-' if ratio is None else f'{ratio:.2f}x'
+
+
 def _flops_cell(r: dict[str, Any]) -> str:
   return _num(r['flops'], ',.0f') + (' (HLO)' if r.get('flops_source') == 'hlo' else '')
 
@@ -400,10 +404,10 @@ def to_markdown(result: dict[str, Any]) -> str:
       for w in worked:
         lines.append(
             f"| {w['target']} | {w['batch']} | {w['dtype']} | {w['strategy']} "
-            f"| {_num(w['params'], '.2f')}x | {_num(w['macs'], '.2f')}x "
-            f"| {_num(w['flops'], '.2f')}x{' (HLO)' if w['flops_source'] == 'hlo' else ''} "
+            f"| {_times(w['params'])} | {_times(w['macs'])} "
+            f"| {_times(w['flops'])}{' (HLO)' if w['flops_source'] == 'hlo' else ''} "
             f"| {_num(w['standard_flops'], ',.0f')} | {_num(w['separable_flops'], ',.0f')} "
-            f"| {_num(w['bytes'], '.2f')}x | {_num(w['latency'], '.2f')}x |")
+            f"| {_times(w['bytes'])} | {_times(w['latency'])} |")
       lines.append('')
   lines += [f'![{name}]({name})' for name in result.get('plots', [])]
   return '\n'.join(lines) + '\n'

@@ -62,10 +62,19 @@ def test_checked_in_sample_report_is_complete_and_small():
   folder = Path(__file__).parents[2] / 'docs' / 'sample_report'
   report = (folder / 'report.md').read_text()
   result = json.loads((folder / 'results.json').read_text())
-  assert {r['status'] for r in result['runs']} == {'ok', 'skipped'}
+  runs = result['runs']
+  assert {r['status'] for r in runs} == {'ok'}
+  assert {r['target'] for r in runs} == {'cpu', 'tpu:v5e', 'gpu:h100'}
+  assert {r['kind'] for r in runs} == {'model', 'layer'}
   for name in result['plots']:
     assert f'![{name}]({name})' in report and (folder / name).exists()
-  assert sum(f.stat().st_size for f in folder.iterdir()) < 1_000_000
+  for r in runs:
+    if r['kind'] == 'model':
+      assert f"]({r['id']}/reconciliation.md)" in report
+      assert (folder / r['id'] / 'reconciliation.md').exists()
+      assert r['reconciliation']['unexplained'] == 0
+  assert '## Worked example' in report
+  assert sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()) < 1_000_000
 
 
 def test_too_large_for_the_target_is_reported(tmp_path):
