@@ -84,6 +84,16 @@ def test_too_large_for_the_target_is_reported(tmp_path):
   assert 'Ran out of memory on HBM' in run['reason']
 
 
+def test_too_large_for_a_gpu_is_reported(tmp_path):
+  """Deviceless GPU compilation does not check memory; the suite compares with the target's."""
+  config = BenchConfig(models=('mobilenet_v3_small',), targets=('gpu:a100',), modes=('train',),
+                       batches=(8192,), peaks=False, plots=False, write_hlo=False)
+  (run,) = run_bench(config, tmp_path)['runs']
+  assert run['status'] == 'does not fit' and run['memory_bytes'] > run['memory_limit_bytes']
+  assert run['reason'].startswith('needs ') and 'NVIDIA A100' in run['reason']
+  assert '40.00 GiB' in run['reason'] or '39.' in run['reason']
+
+
 def test_cli_bench(tmp_path, capsys):
   out = tmp_path / 'bench'
   assert main(['bench', '--models', 'mobilenet_v3_small', '--targets', 'cpu', '--image-size', '32',
