@@ -136,6 +136,40 @@ def _bench(args: argparse.Namespace) -> int:
   return 0
 
 
+def _train_config(args: argparse.Namespace):
+  from sepnets.train.config import load_config
+  return load_config(args.config, args.overrides,
+                     need_data=not getattr(args, 'dry_run', False))  # a dry run reads no data
+
+
+def _train(args: argparse.Namespace) -> int:
+  config = _train_config(args)
+  if args.dry_run:
+    from sepnets.train.dry_run import dry_run, format_dry_run
+    print(format_dry_run(dry_run(config, target=args.target)))
+    return 0
+  from sepnets.train.loop import train_and_evaluate
+  summary = train_and_evaluate(config, args.workdir, progress=not args.quiet)
+  print(json.dumps(summary, indent=2))
+  return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+  from sepnets.train.loop import evaluate
+  result = evaluate(_train_config(args), args.workdir, step=args.step)
+  print(json.dumps(result, indent=2))
+  return 0
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--config', required=True, metavar='FILE[:PRESET]',
+                      help='a config file, e.g. configs/smoke.py or configs/smoke.py:tiny; '
+                      'override any key with --config.KEY=VALUE (e.g. --config.train.steps=100)')
+  parser.add_argument('--workdir', required=True,
+                      help='checkpoints, metrics.jsonl and summary.json go here; running again '
+                      'resumes from the latest checkpoint')
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='sepnets', description=__doc__)
   parser.add_argument('--version', action='version', version=_version())
@@ -207,7 +241,46 @@ def build_parser() -> argparse.ArgumentParser:
                      help='do not measure peak FLOP/s and copy bandwidth (no roofline)')
   bench.add_argument('--quiet', action='store_true', help='no progress lines on stderr')
   bench.set_defaults(func=_bench)
+
+  train = sub.add_parser('train', help='train a zoo model from a config (resumes in --workdir)',
+                         description='Trains per an ml_collections config; checkpoints, metrics '
+                         'and a summary go to --workdir, and the same command resumes there.')
+  _add_config_args(train)
+  train.add_argument('--dry-run', action='store_true',
+                     help='compile the sharded train step for --target and report per-device '
+                     'memory, without data or training')
+  train.add_argument('--target', default='cpu',
+                     help='with --dry-run: cpu, tpu:GEN[:TOPOLOGY] (e.g. tpu:v5e:2x2) or gpu:NAME')
+  train.add_argument('--quiet', action='store_true', help='no progress bar')
+  train.set_defaults(func=_train)
+
+  evaluate = sub.add_parser('evaluate', help="evaluate a workdir's latest checkpoint")
+  _add_config_args(evaluate)
+  evaluate.add_argument('--step', type=int, default=None, help='a checkpointed step (default: latest)')
+  evaluate.set_defaults(func=_evaluate)
   return parser
+
+
+def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]):
+  """argparse cannot declare --config.KEY=VALUE; collect them for train and evaluate."""
+  args, extra = parser.parse_known_args(argv)
+  overrides, rest = [], []
+  items = list(extra)
+  while items:
+    item = items.pop(0)
+    if item.startswith('--config.') and args.command in ('train', 'evaluate'):
+      key_value = item[len('--config.'):]
+      if '=' not in key_value:
+        if not items:
+          parser.error(f'{item} needs a value (--config.KEY=VALUE)')
+        key_value = f'{key_value}={items.pop(0)}'
+      overrides.append(key_value)
+    else:
+      rest.append(item)
+  if rest:
+    parser.error(f'unrecognized arguments: {" ".join(rest)}')
+  args.overrides = overrides
+  return args
 
 
 def _version() -> str:
@@ -221,11 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   # starts its backends, which it does lazily).
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args = _split_overrides(parser, sys.argv[1:] if argv is None else argv)
   try:
     return args.func(args)
-  except ValueError as err:
+  except (ValueError, FileNotFoundError) as err:
     parser.exit(2, f'sepnets {args.command}: error: {err}\n')
+  except RuntimeError as err:  # checkpoint errors, a diverged run
+    from sepnets.train.checkpoint import CheckpointError
+    from sepnets.train.loop import TrainingDiverged
+    if isinstance(err, (CheckpointError, TrainingDiverged)):
+      parser.exit(1, f'sepnets {args.command}: error: {err}\n')
+    raise
 
 
 if __name__ == '__main__':

@@ -40,6 +40,8 @@ class SeparableNet(nnx.Module):
     width, depth: channel and repeat multipliers (`sepnets.builder.resolve`).
     dropout: before the classifier (None: the spec's default).
     drop_path_rate: stochastic depth of the last block; earlier blocks scale linearly.
+    stem_stride: 2 (the papers) or 1, the usual change for 32x32 images such as CIFAR-10
+      (the network then downsamples 16x instead of 32x).
     padding: 'symmetric' (PyTorch; needed for imported weights) or 'same' (TF).
     strategy: depthwise implementation (`sepnets.layers.depthwise.STRATEGIES`).
     dtype: compute dtype (e.g. 'bfloat16'); parameters stay in param_dtype.
@@ -47,8 +49,8 @@ class SeparableNet(nnx.Module):
 
   def __init__(self, spec: NetSpec, *, num_classes: int = 1000, in_chans: int = 3,
                width: float = 1.0, depth: float = 1.0, dropout: float | None = None,
-               drop_path_rate: float = 0.0, padding: str = 'symmetric', strategy: str = 'auto',
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, stem_stride: int = 2, padding: str = 'symmetric',
+               strategy: str = 'auto', dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
       raise ValueError(f'num_classes must be a non-negative integer, got {num_classes!r}')
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
@@ -56,6 +58,8 @@ class SeparableNet(nnx.Module):
     dropout = spec.dropout if dropout is None else dropout
     if not 0 <= dropout < 1:
       raise ValueError(f'dropout must be in [0, 1), got {dropout!r}')
+    if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
+      raise ValueError(f'stem_stride must be 1 or 2, got {stem_stride!r}')
     check_padding(padding)
     get_strategy(strategy)
     net = resolve(spec, width=width, depth=depth, drop_path_rate=drop_path_rate)
@@ -65,7 +69,7 @@ class SeparableNet(nnx.Module):
     self.in_chans = in_chans
     self.num_classes = num_classes
     self.num_features = net.num_features
-    self.stem = ConvNormAct(in_chans, net.stem_chs, 3, stride=2, act=spec.stem_act or spec.act,
+    self.stem = ConvNormAct(in_chans, net.stem_chs, 3, stride=stem_stride, act=spec.stem_act or spec.act,
                             rngs=rngs, **opts.conv_kwargs())
     self.stages = nnx.List([
         nnx.List([make_block(b, opts=opts, se_gate=spec.se_gate, se_act=spec.se_act, rngs=rngs)

@@ -20,9 +20,10 @@ def _clock(seconds: float) -> str:
 class ProgressBar:
 
   def __init__(self, total: int, stream: TextIO | None = None, width: int = 24,
-               interactive: bool | None = None):
+               interactive: bool | None = None, initial: int = 0):
     self.total = max(total, 0)
-    self.done = 0
+    self.done = self.initial = initial
+    self._running = 1  # step() announces a step that has not finished yet
     self.stream = stream or sys.stderr
     self.width = width
     self.interactive = self.stream.isatty() if interactive is None else interactive
@@ -32,6 +33,12 @@ class ProgressBar:
   def step(self, label: str) -> None:
     """Announces the step about to run (so a slow step shows what it is)."""
     self.done += 1
+    self._draw(label)
+
+  def update(self, done: int, label: str) -> None:
+    """Sets the count of finished steps (e.g. training steps, drawn every log interval)."""
+    self.done = done
+    self._running = 0
     self._draw(label)
 
   def note(self, message: str) -> None:
@@ -47,8 +54,9 @@ class ProgressBar:
     frac = min(self.done / self.total, 1.0) if self.total else 1.0
     filled = int(round(frac * self.width))
     bar = '#' * filled + '.' * (self.width - filled)
-    finished = max(self.done - 1, 0)  # steps completed before this one started
-    eta = f' < {_clock(elapsed / finished * (self.total - finished))}' if finished else ''
+    finished = max(self.done - self._running, 0)  # steps completed
+    ran = finished - self.initial  # ... in this process (a resumed run starts part way)
+    eta = f' < {_clock(elapsed / ran * (self.total - finished))}' if ran > 0 else ''
     n = len(str(self.total))
     return f'[{bar}] {self.done:>{n}}/{self.total} {_clock(elapsed)}{eta}  {label}'
 
