@@ -28,3 +28,13 @@ def test_redraws_in_place_on_a_terminal():
   text = out.getvalue()
   assert text.count('\r\033[K') == 3 and text.endswith('second\n')
   assert '\r\033[Ka message\n' in text
+
+
+def test_update_counts_finished_steps_and_times_only_this_process():
+  import io
+  stream = io.StringIO()
+  bar = ProgressBar(100, stream=stream, interactive=False, initial=40)
+  bar.start -= 6.0  # 6 s in, 20 steps done since the resume at step 40
+  bar.update(60, 'loss 1.0')
+  line = stream.getvalue().strip()
+  assert ' 60/100 0:06 < 0:12  loss 1.0' in line  # 40 steps left at 20 per 6 s
