@@ -173,26 +173,21 @@ class Prefetcher:
   def _run(self, make, steps: range) -> None:
     try:
       for step in steps:
-        item = make(step)
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
+        if not self._put(make(step)):
           return
       self._put(self._DONE)
     except BaseException as error:  # surfaced in the consumer's thread
       self._put(error)
 
-  def _put(self, item) -> None:
+  def _put(self, item) -> bool:
+    """Waits for room in the queue; False when closed first."""
     while not self._stop.is_set():
       try:
         self._queue.put(item, timeout=0.1)
-        return
+        return True
       except queue.Full:
         continue
+    return False
 
   @property
   def ready(self) -> int:
