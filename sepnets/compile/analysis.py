@@ -45,7 +45,7 @@ def cost_dict(compiled: jax.stages.Compiled) -> dict[str, float]:
   return dict(cost)
 
 
-def _memory(compiled: jax.stages.Compiled) -> dict[str, int | None]:
+def memory_figures(compiled: jax.stages.Compiled) -> dict[str, int | None]:
   names = {'argument_bytes': 'argument_size_in_bytes', 'output_bytes': 'output_size_in_bytes',
            'temp_bytes': 'temp_size_in_bytes', 'generated_code_bytes': 'generated_code_size_in_bytes'}
   mem = compiled.memory_analysis()
@@ -68,7 +68,7 @@ def stats_of(compiled: jax.stages.Compiled, compile_seconds: float) -> CompiledS
   return CompiledStats(flops=get('flops'), bytes_accessed=get('bytes accessed'),
                        transcendentals=get('transcendentals'),
                        optimal_seconds=get('optimal_seconds'),
-                       compile_seconds=compile_seconds, **_memory(compiled))
+                       compile_seconds=compile_seconds, **memory_figures(compiled))
 
 
 def compile_stats(fn: Callable[..., Any], *args: Any) -> CompiledStats:

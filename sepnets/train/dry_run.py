@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sepnets.compile.analysis import _memory
+from sepnets.compile.analysis import memory_figures
 from sepnets.compile.targets import check_available, parse_target
 from sepnets.registry import create_model
 from sepnets.train.loop import check_model, model_options
@@ -57,7 +57,7 @@ def dry_run(config, *, target: str = 'cpu') -> dict[str, Any]:
   labels = jax.ShapeDtypeStruct((c.train.batch_size,), jnp.int32, sharding=sharded)
   compiled = jax.jit(steps.train, out_shardings=replicated, donate_argnums=0).lower(
       state, images, labels).compile()
-  memory = _memory(compiled)
+  memory = memory_figures(compiled)
   known = [v for v in (memory['argument_bytes'], memory['output_bytes'], memory['temp_bytes'])
            if v is not None]
   # donated state: outputs alias the arguments, so arguments + temporaries is the footprint
