@@ -148,10 +148,32 @@ def _train(args: argparse.Namespace) -> int:
     from sepnets.train.dry_run import dry_run, format_dry_run
     print(format_dry_run(dry_run(config, target=args.target)))
     return 0
+  if args.distributed is not None:
+    _initialize_distributed(args.distributed)
   from sepnets.train.loop import train_and_evaluate
   summary = train_and_evaluate(config, args.workdir, progress=not args.quiet)
-  print(json.dumps(summary, indent=2))
+  import jax
+  if jax.process_index() == 0:
+    print(json.dumps(summary, indent=2))
   return 0
+
+
+def _initialize_distributed(spec: str) -> None:
+  """'auto' (Cloud TPU, SLURM, Open MPI: JAX finds the cluster) or ADDRESS:PORT,N,I."""
+  import jax
+  if spec == 'auto':
+    jax.distributed.initialize()
+    return
+  try:
+    address, num_processes, process_id = spec.rsplit(',', 2)
+    num_processes, process_id = int(num_processes), int(process_id)
+  except ValueError:
+    raise ValueError(f'--distributed {spec!r}: expected auto or COORDINATOR:PORT,'
+                     f'NUM_PROCESSES,PROCESS_ID (e.g. 10.0.0.1:1234,2,0)') from None
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f'--distributed {spec!r}: process id {process_id} is not in '
+                     f'[0, {num_processes})')
+  jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -252,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument('--target', default='cpu',
                      help='with --dry-run: cpu, tpu:GEN[:TOPOLOGY] (e.g. tpu:v5e:2x2) or gpu:NAME')
   train.add_argument('--quiet', action='store_true', help='no progress bar')
+  train.add_argument('--distributed', metavar='auto|ADDRESS:PORT,N,I', default=None,
+                     help='multi-host data parallel: jax.distributed.initialize() with the '
+                     "cluster found automatically ('auto': Cloud TPU, SLURM, Open MPI) or "
+                     'coordinator address, number of processes and this process id; run the '
+                     'same command on every host with the same --workdir (shared filesystem)')
   train.set_defaults(func=_train)
 
   evaluate = sub.add_parser('evaluate', help="evaluate a workdir's latest checkpoint")

@@ -157,9 +157,10 @@ class Run:
 
 class Metrics:
   """metrics.jsonl: appended and flushed per record; on resume, records past the restored step
-  are dropped so the file reads as one uninterrupted run."""
+  are dropped so the file reads as one uninterrupted run. Only the lead process of a multi-host
+  run writes (`lead=False` reads the resume point and writes nothing)."""
 
-  def __init__(self, path: str, resume_step: int):
+  def __init__(self, path: str, resume_step: int, lead: bool = True):
     self.path = path
     self.last_train: dict[str, Any] = {}
     kept = []
@@ -174,15 +175,19 @@ class Metrics:
             kept.append(json.dumps(record))
             if record.get('split') == 'train':
               self.last_train = record
-    atomic_write_text(path, ''.join(k + '\n' for k in kept))
-    self._file = open(path, 'a')
+    self._file = None
+    if lead:
+      atomic_write_text(path, ''.join(k + '\n' for k in kept))
+      self._file = open(path, 'a')
 
   def write(self, record: dict[str, Any]) -> None:
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+    if self._file:
+      self._file.write(json.dumps(record) + '\n')
+      self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file:
+      self._file.close()
 
 
 def _check_finite(state: TrainState, checkpoints: Checkpoints) -> None:
@@ -208,9 +213,12 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict[s
       state, _ = run.checkpoints.restore(state)
       start = int(jax.device_get(state.step))
       print(f'resuming from step {start} ({run.checkpoints.directory})', file=sys.stderr)
-    atomic_write_text(os.path.join(workdir, 'config.json'), c.to_json_best_effort(indent=2) + '\n')
-    metrics = Metrics(os.path.join(workdir, 'metrics.jsonl'), start)
-    bar = ProgressBar(run.total_steps, initial=start) if progress else None
+    lead = jax.process_index() == 0  # of a multi-host run: the one that writes files
+    if lead:
+      atomic_write_text(os.path.join(workdir, 'config.json'),
+                        c.to_json_best_effort(indent=2) + '\n')
+    metrics = Metrics(os.path.join(workdir, 'metrics.jsonl'), start, lead)
+    bar = ProgressBar(run.total_steps, initial=start) if progress and lead else None
     if bar:
       bar.note(f'{c.model.name} on {run.dataset.name}: {run.total_steps} steps of '
                f'{c.train.batch_size} over {len(run.devices)} device(s), '
@@ -256,7 +264,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict[s
     summary = {'model': c.model.name, 'dataset': run.dataset.name, 'steps': step,
                'train': {k: last_train[k] for k in ('loss', 'accuracy')} if last_train else None,
                **final, 'devices': len(run.devices), 'workdir': os.path.abspath(workdir)}
-    atomic_write_text(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
+    if lead:
+      atomic_write_text(os.path.join(workdir, 'summary.json'),
+                        json.dumps(summary, indent=2) + '\n')
     return summary
   finally:
     run.close()

@@ -151,4 +151,43 @@ print(json.dumps(out))
   out = run_four_devices(script)
   one, four = np.array(out['1']), np.array(out['4'])
   assert len(one) == len(four) == 12
-  np.testing.assert_allclose(four[:3], one[:3], rtol=1e-5)
+  np.testing.assert_allclose(four[:3], one[:3], rtol=1e-4)  # measured: 2.7e-6
+
+
+def free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
+  """Multi-host, simulated: `sepnets train --distributed ADDRESS,2,I` in two processes of two
+  CPU devices each (gloo collectives) against one process with four devices."""
+  port = free_port()
+  procs = [subprocess.Popen(
+      train_cmd(tmp_path / 'multi', '--config.train.log_every=1', '--distributed',
+                f'localhost:{port},2,{i}'), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=env(XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+      for i in (0, 1)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+  assert summary(tmp_path / 'multi')['devices'] == 4
+  assert '"workdir"' in outs[0][0] and '"workdir"' not in outs[1][0]  # process 0 reports
+  subprocess.run(train_cmd(tmp_path / 'single', '--config.train.log_every=1'), check=True,
+                 capture_output=True, env=env(XLA_FLAGS='--xla_force_host_platform_device_count=4'))
+  multi = [r['loss'] for r in train_records(tmp_path / 'multi') if r['split'] == 'train']
+  single = [r['loss'] for r in train_records(tmp_path / 'single') if r['split'] == 'train']
+  assert len(multi) == len(single) == 12
+  # rounding, or a kink flip (measured here: 1.2e-5 at step 3; see the module docstring)
+  np.testing.assert_allclose(multi[:3], single[:3], rtol=1e-4)
+  assert sorted(os.listdir(tmp_path / 'multi' / 'checkpoints')) == ['12', '8']
+
+
+def test_bad_distributed_spec_is_named(tmp_path):
+  result = subprocess.run(train_cmd(tmp_path, '--distributed', 'localhost:1234,2'),
+                          capture_output=True, text=True, env=env())
+  assert result.returncode != 0
+  assert "--distributed 'localhost:1234,2': expected auto or COORDINATOR:PORT" in result.stderr
+  assert 'Traceback' not in result.stderr
