@@ -79,6 +79,20 @@ class _Conv2d(nnx.Conv):
     self.output_shape(x.shape)
     return super().__call__(x)
 
+  def conv_with(self, x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """This layer's convolution (strides, padding, dilation, groups, depthwise strategy, dtype)
+    with another kernel and bias of the same shapes: e.g. BatchNorm-folded, fake-quantized."""
+    self.output_shape(x.shape)
+    if kernel.shape != self.kernel.shape:
+      raise ValueError(f'kernel shape {kernel.shape} != the layer\'s {self.kernel.shape}')
+    x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+    y = self.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                  rhs_dilation=self.kernel_dilation,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=self.feature_group_count,
+                                  precision=self.precision)
+    return y if bias is None else y + bias
+
 
 class StandardConv(_Conv2d):
   """A dense (or grouped) K x K convolution: K*K*C_in/groups*C_out weights."""
