@@ -42,6 +42,11 @@ class QuantStat(nnx.Variable):
   """Calibration state of one layer's input (not a parameter, not a BatchNorm statistic)."""
 
 
+class QuantSetting(nnx.Variable):
+  """How a layer is quantized, as state: a sweep or a one-layer-at-a-time sensitivity analysis
+  changes it without recompiling. weight_bits / act_bits 0 = float."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerQuant:
   """How one layer is quantized. None bits: that tensor stays float."""
@@ -95,7 +100,12 @@ class _QuantLayer(nnx.Module):
   """Shared state and input/weight quantization of the wrappers."""
 
   def _init_quant(self, path: str, kind: str, quant: LayerQuant):
-    self.path, self.kind, self.quant, self.mode = path, kind, quant, 'float'
+    self.path, self.kind, self.mode = path, kind, 'float'
+    self.weight_bits = QuantSetting(jnp.array(0, jnp.int32))
+    self.per_channel = QuantSetting(jnp.array(False))
+    self.act_bits = QuantSetting(jnp.array(0, jnp.int32))
+    self.signed_act = QuantSetting(jnp.array(False))
+    self.quant = quant
     self.index = 0  # position in forward order, set by quantize_model
     self.calib_pass = 1  # 1: min/max, 2: histogram over [amin, amax]
     self.amin = QuantStat(jnp.array(jnp.inf, jnp.float32))
@@ -103,6 +113,19 @@ class _QuantLayer(nnx.Module):
     self.hist = QuantStat(jnp.zeros(HIST_BINS, jnp.float32))
     self.lo = QuantStat(jnp.array(0.0, jnp.float32))  # the chosen range
     self.hi = QuantStat(jnp.array(0.0, jnp.float32))
+
+  @property
+  def quant(self) -> LayerQuant:
+    w, a = int(self.weight_bits[...]), int(self.act_bits[...])
+    return LayerQuant(weight_bits=w or None, per_channel=bool(self.per_channel[...]),
+                      act_bits=a or None, signed_act=bool(self.signed_act[...]))
+
+  @quant.setter
+  def quant(self, quant: LayerQuant) -> None:
+    self.weight_bits[...] = jnp.array(quant.weight_bits or 0, jnp.int32)
+    self.per_channel[...] = jnp.array(quant.per_channel)
+    self.act_bits[...] = jnp.array(quant.act_bits or 0, jnp.int32)
+    self.signed_act[...] = jnp.array(quant.signed_act)
 
   def _input(self, x: jax.Array) -> jax.Array:
     if _CALLS is not None:
@@ -117,15 +140,17 @@ class _QuantLayer(nnx.Module):
         width = jnp.where(hi > lo, hi - lo, 1.0)
         index = jnp.clip(((xf - lo) / width * HIST_BINS).astype(jnp.int32), 0, HIST_BINS - 1)
         self.hist[...] = self.hist[...] + jnp.bincount(index.ravel(), length=HIST_BINS)
-    elif self.mode == 'quant' and self.quant.act_bits is not None:
-      x = fake_quant_act(x, self.lo[...], self.hi[...], self.quant.act_bits,
-                         self.quant.signed_act)
+    elif self.mode == 'quant':
+      bits = self.act_bits[...]
+      quantized = fake_quant_act(x, self.lo[...], self.hi[...], jnp.maximum(bits, 2),
+                                 self.signed_act[...])
+      x = jnp.where(bits > 0, quantized, x)
     return x
 
   def _weight(self, w: jax.Array) -> jax.Array:
-    if self.quant.weight_bits is None:
-      return w
-    return fake_quant_weight(w, self.quant.weight_bits, self.quant.per_channel)
+    bits = self.weight_bits[...]
+    quantized = fake_quant_weight(w, jnp.maximum(bits, 2), self.per_channel[...])
+    return jnp.where(bits > 0, quantized, w)
 
 
 class QConvNormAct(_QuantLayer):

@@ -29,27 +29,39 @@ def check_bits(bits: int, what: str = 'bits') -> int:
   return int(bits)
 
 
-def weight_qmax(bits: int) -> int:
-  """Largest level of the symmetric weight grid: 127 at 8 bits."""
-  return 2 ** (check_bits(bits, 'weight bits') - 1) - 1
+def _static(bits) -> bool:
+  return isinstance(bits, (int, np.integer))
 
 
-def weight_scale(w: jax.Array, bits: int, per_channel: bool) -> jax.Array:
+def weight_qmax(bits):
+  """Largest level of the symmetric weight grid: 127 at 8 bits (bits may be traced)."""
+  if _static(bits):
+    return 2 ** (check_bits(bits, 'weight bits') - 1) - 1
+  return 2.0 ** (bits - 1) - 1
+
+
+def weight_scale(w: jax.Array, bits, per_channel) -> jax.Array:
   """absmax / qmax per output channel (the last axis: HWIO kernels, (in, out) matrices) or per
-  tensor; an all-zero channel gets scale 1 (its weights stay exactly 0)."""
-  axes = tuple(range(w.ndim - 1)) if per_channel else None
-  absmax = jnp.max(jnp.abs(w), axis=axes)
+  tensor; an all-zero channel gets scale 1 (its weights stay exactly 0). `per_channel` may be a
+  traced bool: both are computed and one is selected."""
+  absmax_tensor = jnp.max(jnp.abs(w))
+  if isinstance(per_channel, bool) and not per_channel:
+    absmax = absmax_tensor
+  else:
+    absmax = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)))
+    if not isinstance(per_channel, bool):
+      absmax = jnp.where(per_channel, absmax, absmax_tensor)
   return jnp.where(absmax > 0, absmax / weight_qmax(bits), 1.0).astype(w.dtype)
 
 
-def quantize_weight(w: jax.Array, bits: int, per_channel: bool) -> tuple[jax.Array, jax.Array]:
+def quantize_weight(w: jax.Array, bits, per_channel) -> tuple[jax.Array, jax.Array]:
   """(integer levels as w's dtype, scale): w ~= levels * scale, |levels| <= qmax."""
   scale = weight_scale(w, bits, per_channel)
   qmax = weight_qmax(bits)
   return jnp.clip(jnp.round(w / scale), -qmax, qmax), scale
 
 
-def fake_quant_weight(w: jax.Array, bits: int, per_channel: bool) -> jax.Array:
+def fake_quant_weight(w: jax.Array, bits, per_channel) -> jax.Array:
   """Weights rounded to their grid, with the identity gradient (absmax scaling never clips, so
   every weight is inside the range; the scale itself gets no gradient)."""
   levels, scale = quantize_weight(jax.lax.stop_gradient(w), bits, per_channel)
@@ -89,12 +101,20 @@ def act_grid(lo: float, hi: float, bits: int, signed: bool = False) -> ActGrid:
   return ActGrid(scale, zero_point, qmin, qmax)
 
 
-def fake_quant_act(x: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
-                   signed: bool = False) -> jax.Array:
+def act_qrange(bits, signed) -> tuple:
+  """(qmin, qmax) of the activation grid; bits and signed may be traced."""
+  if _static(bits) and isinstance(signed, bool):
+    bits = check_bits(bits, 'activation bits')
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+  levels = 2.0 ** bits
+  return jnp.where(signed, -levels / 2, 0.0), jnp.where(signed, levels / 2 - 1, levels - 1)
+
+
+def fake_quant_act(x: jax.Array, lo: jax.Array, hi: jax.Array, bits,
+                   signed=False) -> jax.Array:
   """x rounded to the asymmetric grid of [lo, hi] (traced values, so calibration results can
   live in model state), straight-through inside the nudged range and zero gradient outside."""
-  check_bits(bits, 'activation bits')
-  qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+  qmin, qmax = act_qrange(bits, signed)
   lo = jnp.minimum(lo, 0.0).astype(jnp.float32)
   hi = jnp.maximum(hi, 0.0).astype(jnp.float32)
   scale = jnp.where(hi > lo, (hi - lo) / (qmax - qmin), 1.0)

@@ -60,7 +60,8 @@ def check_model(config) -> None:
                                       in_chans=config.data.channels, **options))
 
 
-def _augment(config, train: bool) -> Augment:
+def augmentation(config, train: bool) -> Augment:
+  """The data transform of the config: augmented for training, plain for evaluation."""
   d = config.data
   return Augment(image_size=d.image_size, mean=tuple(d.mean), std=tuple(d.std),
                  crop_padding=d.crop_padding if train else 0, flip=d.flip and train,
@@ -100,10 +101,10 @@ class Run:
       if c.train[key] % len(devices):
         raise ValueError(f'config key train.{key} = {c.train[key]} is not divisible by the '
                          f'{len(devices)} devices')
-    self.train_data = Pipeline(self.dataset.train, _augment(c, True),
+    self.train_data = Pipeline(self.dataset.train, augmentation(c, True),
                                batch_size=c.train.batch_size, seed=c.seed, train=True,
                                workers=c.data.workers)
-    self.eval_data = Pipeline(self.dataset.eval, _augment(c, False),
+    self.eval_data = Pipeline(self.dataset.eval, augmentation(c, False),
                               batch_size=c.train.eval_batch_size, seed=c.seed, train=False,
                               workers=c.data.workers)
     self.total_steps = c.train.steps or max(

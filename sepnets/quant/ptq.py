@@ -1,0 +1,112 @@
+"""Post-training quantization of a trained run: load, quantize, calibrate, evaluate.
+
+The model and data come from the run's own config and workdir (`sepnets train` output), so the
+quantized model sees exactly the evaluation pipeline the float one was measured with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sepnets.quant.calibrate import calibrate
+from sepnets.quant.layers import Rule, quantize_model
+from sepnets.train.loop import Run, augmentation
+from sepnets.train.pipeline import Pipeline
+
+
+@nnx.jit
+def _logits(model: nnx.Module, images: jax.Array) -> jax.Array:
+  return model(images)
+
+
+@dataclasses.dataclass
+class Trained:
+  """A trained run's model (eval mode, weights loaded) with its data pipelines."""
+  run: Run
+  model: nnx.Module
+  step: int
+  weights: str  # 'ema' or 'plain'
+
+  def calibration_batches(self, count: int) -> list[np.ndarray]:
+    """The first `count` training batches under the evaluation transform (no augmentation)."""
+    if count < 1:
+      raise ValueError(f'calibration needs at least one batch; got {count}')
+    c = self.run.config
+    pipeline = Pipeline(self.run.dataset.train, augmentation(c, False),
+                        batch_size=c.train.eval_batch_size, seed=c.seed, train=False)
+    try:
+      batches = [pipeline.batch(i).images for i in range(min(count, pipeline.steps_per_epoch))]
+    finally:
+      pipeline.close()
+    return batches
+
+  def eval_batches(self, limit: int | None = None):
+    """(images, labels, mask) of the evaluation set, at most `limit` examples."""
+    seen = 0
+    with self.run.eval_data.iterate(prefetch=self.run.config.data.prefetch) as batches:
+      for batch in batches:
+        if limit is not None and seen >= limit:
+          break
+        yield batch.images, batch.labels, batch.mask
+        seen += int(batch.mask.sum())
+
+  def logits(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) over the evaluation set (padding rows dropped)."""
+    out, labels = [], []
+    for images, y, mask in self.eval_batches(limit):
+      keep = mask > 0
+      out.append(np.asarray(_logits(self.model, jnp.asarray(images)))[keep])
+      labels.append(np.asarray(y)[keep])
+    return np.concatenate(out), np.concatenate(labels)
+
+  def close(self) -> None:
+    self.run.close()
+
+
+def load_trained(config, workdir: str, *, step: int | None = None,
+                 ema: bool = True) -> Trained:
+  """The model of `workdir`'s latest (or given) checkpoint; EMA weights when the run kept them
+  and `ema`."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoint in {directory!r}; train first')
+  run = Run(config, workdir)
+  try:
+    if run.checkpoints.latest() is None:
+      raise FileNotFoundError(f'no checkpoint in {directory!r}; train first')
+    state, _ = run.checkpoints.restore(run.init(), step)
+    use_ema = ema and state.ema is not None
+    params = state.ema['params'] if use_ema else state.params
+    stats = state.ema['stats'] if use_ema else state.stats
+    model = run.model
+    nnx.update(model, jax.device_get(params), jax.device_get(stats))
+    model.eval()
+    return Trained(run, model, int(jax.device_get(state.step)), 'ema' if use_ema else 'plain')
+  except BaseException:
+    run.close()
+    raise
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+  return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def ptq(trained: Trained, rules: Sequence[Rule], *, calibration_batches: int = 8,
+        method: str = 'minmax', percentile: float = 99.99) -> dict[str, Any]:
+  """Quantizes `trained.model` in place per `rules`, calibrates, and returns the quantized
+  accuracy next to the float one."""
+  float_logits, labels = trained.logits()
+  quantize_model(trained.model, rules)
+  calibrate(trained.model, trained.calibration_batches(calibration_batches), method=method,
+            percentile=percentile)
+  quant_logits, _ = trained.logits()
+  return {'float_accuracy': accuracy(float_logits, labels),
+          'quant_accuracy': accuracy(quant_logits, labels), 'examples': int(labels.size)}
