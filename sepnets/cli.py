@@ -183,6 +183,30 @@ def _evaluate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+  from sepnets.quant import commands
+  config = _train_config(args)
+  if args.action == 'sensitivity':
+    result = commands.sensitivity(
+        config, args.workdir, bits=args.bits, calibration_batches=args.calibration_batches,
+        eval_examples=args.eval_examples, method=args.method, ema=not args.plain, out=args.out)
+    for name, first in result['summary']['first_to_break'].items():
+      print(f"{name}: all layers SQNR {result['all_layers'][name]['sqnr_db']:.1f} dB, accuracy "
+            f"{result['all_layers'][name]['accuracy']:.4f} (float "
+            f"{result['float_accuracy']:.4f}); worst layer {first['worst_layers'][0]} "
+            f"({first['worst_types'][0]}); depthwise degrades first: "
+            f"{'yes' if first['depthwise_degrades_first'] else 'no'}")
+    print(f"report: {result['files']['md']}")
+  else:
+    result = commands.run_ptq(
+        config, args.workdir, weight_bits=args.weight_bits,
+        per_channel=args.granularity == 'per-channel', act_bits=args.act_bits or None,
+        calibration_batches=args.calibration_batches, method=args.method, ema=not args.plain,
+        out=args.out)
+    print(json.dumps(result, indent=2))
+  return 0
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--config', required=True, metavar='FILE[:PRESET]',
                       help='a config file, e.g. configs/smoke.py or configs/smoke.py:tiny; '
@@ -285,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_args(evaluate)
   evaluate.add_argument('--step', type=int, default=None, help='a checkpointed step (default: latest)')
   evaluate.set_defaults(func=_evaluate)
+
+  quantize = sub.add_parser('quantize', help="INT8 post-training quantization of a trained "
+                            "workdir: 'ptq' (one setting, all layers) or 'sensitivity' (per layer)")
+  quantize.add_argument('action', choices=('ptq', 'sensitivity'))
+  _add_config_args(quantize)
+  quantize.add_argument('--calibration-batches', type=int, default=8,
+                        help='training batches (evaluation transform) for activation ranges')
+  quantize.add_argument('--method', choices=('minmax', 'percentile', 'mse'), default='minmax',
+                        help='activation range calibration')
+  quantize.add_argument('--plain', action='store_true',
+                        help='quantize the plain weights, not the EMA (when the run kept one)')
+  quantize.add_argument('--out', default=None, help='output folder (default: WORKDIR/quant)')
+  quantize.add_argument('--bits', type=_csv(int), default=(8, 4),
+                        help='sensitivity: comma-separated weight bit widths (4..8)')
+  quantize.add_argument('--eval-examples', type=int, default=2000,
+                        help='sensitivity: evaluation images per measurement')
+  quantize.add_argument('--weight-bits', type=int, default=8, help='ptq: weight bits (4..8)')
+  quantize.add_argument('--act-bits', type=int, default=8,
+                        help='ptq: activation bits (4..8; 0 keeps activations float)')
+  quantize.add_argument('--granularity', choices=('per-channel', 'per-tensor'),
+                        default='per-channel', help='ptq: weight scales')
+  quantize.set_defaults(func=_quantize)
   return parser
 
 
@@ -295,7 +341,7 @@ def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]):
   items = list(extra)
   while items:
     item = items.pop(0)
-    if item.startswith('--config.') and args.command in ('train', 'evaluate'):
+    if item.startswith('--config.') and args.command in ('train', 'evaluate', 'quantize'):
       key_value = item[len('--config.'):]
       if '=' not in key_value:
         if not items:

@@ -30,3 +30,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     Path(tmp).unlink(missing_ok=True)
     raise
   return path
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
+  """Saves a matplotlib figure as PNG atomically (temporary file, then rename)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=dpi, bbox_inches='tight')
+    os.chmod(tmp, default_mode())
+    os.replace(tmp, path)
+  finally:
+    Path(tmp).unlink(missing_ok=True)
+  return path
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sepnets.files import default_mode
-
+from sepnets.files import pyplot, save_figure
 
 
 def _figure():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  return plt
+  return pyplot()
 
 
 def _save(fig, path: Path) -> Path:
-  """Writes the PNG atomically (temporary file, then rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.png')
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=90, bbox_inches='tight')
-    os.chmod(tmp, default_mode())
-    os.replace(tmp, path)
-  finally:
-    Path(tmp).unlink(missing_ok=True)
-  return path
+  return save_figure(fig, path)
 
 
 def _label(r: dict[str, Any]) -> str:

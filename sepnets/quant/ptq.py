@@ -55,8 +55,11 @@ class Trained:
       for batch in batches:
         if limit is not None and seen >= limit:
           break
-        yield batch.images, batch.labels, batch.mask
-        seen += int(batch.mask.sum())
+        mask = np.asarray(batch.mask).copy()
+        if limit is not None:  # exactly `limit` examples: mask the overflow
+          mask[np.cumsum(mask > 0) > limit - seen] = 0
+        yield batch.images, batch.labels, mask
+        seen += int((mask > 0).sum())
 
   def logits(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits, labels) over the evaluation set (padding rows dropped)."""

@@ -96,10 +96,10 @@ def analyze(model: nnx.Module, calibration: Sequence[np.ndarray], images: Sequen
 
 
 def summarize(rows: list[dict[str, Any]], names: Sequence[str], worst: int = 10) -> dict[str, Any]:
-  """Per type: layer count, median SQNR and median range spread; per setting: the types of the
-  `worst` lowest-SQNR layers, and whether depthwise layers degrade first (the single worst
-  layer is depthwise and depthwise layers are over-represented among the worst, against their
-  share of all layers)."""
+  """Per type: layer count, median SQNR and median range spread. Per setting: the `worst`
+  lowest-SQNR layers, the mean SQNR rank (0 = worst) of depthwise and of other layers, and the
+  verdict: depthwise layers degrade first when the single worst layer is depthwise and depthwise
+  layers rank worse on average than the rest."""
   kinds = [k for k in KINDS if any(r['type'] == k for r in rows)]
   per_type = {k: {'layers': sum(r['type'] == k for r in rows),
                   'median_range_spread': float(np.median([r['range_spread'] for r in rows
@@ -108,13 +108,16 @@ def summarize(rows: list[dict[str, Any]], names: Sequence[str], worst: int = 10)
                                                          for r in rows if r['type'] == k]))
                                      for n in names}} for k in kinds}
   first = {}
-  share = sum(r['type'] == 'depthwise' for r in rows) / max(len(rows), 1)
   for n in names:
-    ranked = sorted(rows, key=lambda r: r['settings'][n]['sqnr_db'])[:worst]
-    types = [r['type'] for r in ranked]
-    dw = types.count('depthwise') / max(len(types), 1)
-    first[n] = {'worst_layers': [r['layer'] for r in ranked], 'worst_types': types,
-                'depthwise_share_of_worst': dw, 'depthwise_share_of_all': share,
-                'depthwise_degrades_first': bool(types and types[0] == 'depthwise'
-                                                 and dw > share)}
+    ranked = sorted(rows, key=lambda r: r['settings'][n]['sqnr_db'])
+    ranks = {r['layer']: i for i, r in enumerate(ranked)}
+    dw = [ranks[r['layer']] for r in rows if r['type'] == 'depthwise']
+    other = [ranks[r['layer']] for r in rows if r['type'] != 'depthwise']
+    dw_rank = float(np.mean(dw)) if dw else float('nan')
+    other_rank = float(np.mean(other)) if other else float('nan')
+    first[n] = {'worst_layers': [r['layer'] for r in ranked[:worst]],
+                'worst_types': [r['type'] for r in ranked[:worst]],
+                'depthwise_mean_rank': dw_rank, 'other_mean_rank': other_rank,
+                'depthwise_degrades_first': bool(dw and other and ranked[0]['type'] == 'depthwise'
+                                                 and dw_rank < other_rank)}
   return {'per_type': per_type, 'first_to_break': first}
