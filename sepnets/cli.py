@@ -201,8 +201,8 @@ def _quantize(args: argparse.Namespace) -> int:
     result = commands.run_ptq(
         config, args.workdir, weight_bits=args.weight_bits,
         per_channel=args.granularity == 'per-channel', act_bits=args.act_bits or None,
-        calibration_batches=args.calibration_batches, method=args.method, ema=not args.plain,
-        out=args.out)
+        calibration_batches=args.calibration_batches, method=args.method,
+        equalize=args.equalize, ema=not args.plain, out=args.out)
     print(json.dumps(result, indent=2))
   return 0
 
@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='ptq: activation bits (4..8; 0 keeps activations float)')
   quantize.add_argument('--granularity', choices=('per-channel', 'per-tensor'),
                         default='per-channel', help='ptq: weight scales')
+  quantize.add_argument('--equalize', action='store_true',
+                        help='ptq: cross-layer equalization first (Nagel et al. 2019; ReLU6 '
+                        'pairs become ReLU)')
   quantize.set_defaults(func=_quantize)
   return parser
 

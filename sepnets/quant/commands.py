@@ -45,17 +45,17 @@ def sensitivity(config, workdir: str, *, bits: Sequence[int] = (8, 4),
 
 def run_ptq(config, workdir: str, *, weight_bits: int = 8, per_channel: bool = True,
             act_bits: int | None = 8, calibration_batches: int = 8, method: str = 'minmax',
-            ema: bool = True, out: str | None = None) -> dict[str, Any]:
+            equalize: bool = False, ema: bool = True, out: str | None = None) -> dict[str, Any]:
   """PTQ of every layer with one setting; writes WORKDIR/quant/ptq-<setting>.json."""
   quant = LayerQuant(weight_bits=weight_bits, per_channel=per_channel, act_bits=act_bits)
   trained = load_trained(config, workdir, ema=ema)
   try:
     result = ptq(trained, [Rule('*', quant)], calibration_batches=calibration_batches,
-                 method=method)
+                 method=method, equalize_first=equalize)
   finally:
     trained.close()
   name = (f"w{weight_bits}{'c' if per_channel else 't'}"
-          f"{f'a{act_bits}' if act_bits else ''}-{method}")
+          f"{f'a{act_bits}' if act_bits else ''}-{method}{'-cle' if equalize else ''}")
   result.update(model=config.model.name, dataset=config.data.name, step=trained.step,
                 weights=trained.weights, setting=name)
   path = os.path.join(out or os.path.join(workdir, 'quant'), f'ptq-{name}.json')

@@ -128,8 +128,6 @@ class _QuantLayer(nnx.Module):
     self.signed_act[...] = jnp.array(quant.signed_act)
 
   def _input(self, x: jax.Array) -> jax.Array:
-    if _CALLS is not None:
-      _CALLS.append(self.path)
     if self.mode == 'calibrate':
       xf = jax.lax.stop_gradient(x).astype(jnp.float32)
       if self.calib_pass == 1:
@@ -146,6 +144,15 @@ class _QuantLayer(nnx.Module):
                                  self.signed_act[...])
       x = jnp.where(bits > 0, quantized, x)
     return x
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self._forward(self._input(x))
+    if _TRACE is not None:
+      _TRACE.append((self, x, y))
+    return y
+
+  def _forward(self, x: jax.Array) -> jax.Array:
+    raise NotImplementedError
 
   def _weight(self, w: jax.Array) -> jax.Array:
     bits = self.weight_bits[...]
@@ -168,8 +175,7 @@ class QConvNormAct(_QuantLayer):
       return kernel, (bias if bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype))
     return fold_batch_norm(kernel, bias, self.bn)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = self._input(x)
+  def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode == 'quant':
       kernel, bias = self.folded()
       x = self.conv.conv_with(x, self._weight(kernel), bias)
@@ -192,8 +198,7 @@ class QConv(_QuantLayer):
     bias = self.conv.bias[...] if self.conv.bias is not None else jnp.zeros(kernel.shape[-1])
     return kernel, bias
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = self._input(x)
+  def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode != 'quant':
       return self.conv(x)
     kernel, bias = self.folded()
@@ -212,8 +217,7 @@ class QLinear(_QuantLayer):
     bias = self.linear.bias[...] if self.linear.bias is not None else jnp.zeros(kernel.shape[-1])
     return kernel, bias
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = self._input(x)
+  def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode != 'quant':
       return self.linear(x)
     kernel, bias = self.folded()
@@ -244,18 +248,30 @@ def _candidates(model: nnx.Module) -> list[tuple[tuple, nnx.Module, str]]:
   return found
 
 
-_CALLS: list[str] | None = None  # filled while tracing, to put layers in forward order
+_TRACE: list[tuple[_QuantLayer, Any, Any]] | None = None  # (layer, input, output) per call
+
+
+def trace_calls(model: nnx.Module) -> list[tuple[_QuantLayer, Any, Any]]:
+  """Every quantized layer call of one abstract forward pass (float mode), in order, with its
+  input and output tracers: a layer whose input *is* another's output consumes it directly."""
+  global _TRACE
+  modes = {layer: layer.mode for _, layer in nnx.iter_modules(model)
+           if isinstance(layer, QUANT_LAYERS)}
+  _TRACE = []
+  try:
+    for layer in modes:
+      layer.mode = 'float'
+    shape = (1, 64, 64, getattr(model, 'in_chans', 3))
+    jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct(shape, jnp.float32))
+    return _TRACE
+  finally:
+    _TRACE = None
+    for layer, mode in modes.items():
+      layer.mode = mode
 
 
 def _forward_order(model: nnx.Module, wrappers: list[_QuantLayer]) -> list[_QuantLayer]:
-  global _CALLS
-  _CALLS = []
-  try:
-    shape = (1, 64, 64, getattr(model, 'in_chans', 3))
-    jax.eval_shape(lambda x: model(x), jax.ShapeDtypeStruct(shape, jnp.float32))
-    calls = _CALLS
-  finally:
-    _CALLS = None
+  calls = [layer.path for layer, _, _ in trace_calls(model)]
   rank = {path: i for i, path in enumerate(calls)}
   ordered = sorted(wrappers, key=lambda w: rank.get(w.path, len(rank)))
   for i, wrapper in enumerate(ordered):

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from sepnets.quant.calibrate import calibrate
-from sepnets.quant.layers import Rule, quantize_model
+from sepnets.quant.equalize import equalize
+from sepnets.quant.layers import Rule, quantize_model, set_mode
 from sepnets.train.loop import Run, augmentation
 from sepnets.train.pipeline import Pipeline
 
@@ -25,6 +26,20 @@ from sepnets.train.pipeline import Pipeline
 @nnx.jit
 def _logits(model: nnx.Module, images: jax.Array) -> jax.Array:
   return model(images)
+
+
+def calibration_batches(run: Run, count: int) -> list[np.ndarray]:
+  """The first `count` training batches of `run` under the evaluation transform (no
+  augmentation): what calibration sees."""
+  if count < 1:
+    raise ValueError(f'calibration needs at least one batch; got {count}')
+  c = run.config
+  pipeline = Pipeline(run.dataset.train, augmentation(c, False),
+                      batch_size=c.train.eval_batch_size, seed=c.seed, train=False)
+  try:
+    return [pipeline.batch(i).images for i in range(min(count, pipeline.steps_per_epoch))]
+  finally:
+    pipeline.close()
 
 
 @dataclasses.dataclass
@@ -36,17 +51,7 @@ class Trained:
   weights: str  # 'ema' or 'plain'
 
   def calibration_batches(self, count: int) -> list[np.ndarray]:
-    """The first `count` training batches under the evaluation transform (no augmentation)."""
-    if count < 1:
-      raise ValueError(f'calibration needs at least one batch; got {count}')
-    c = self.run.config
-    pipeline = Pipeline(self.run.dataset.train, augmentation(c, False),
-                        batch_size=c.train.eval_batch_size, seed=c.seed, train=False)
-    try:
-      batches = [pipeline.batch(i).images for i in range(min(count, pipeline.steps_per_epoch))]
-    finally:
-      pipeline.close()
-    return batches
+    return calibration_batches(self.run, count)
 
   def eval_batches(self, limit: int | None = None):
     """(images, labels, mask) of the evaluation set, at most `limit` examples."""
@@ -103,13 +108,21 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def ptq(trained: Trained, rules: Sequence[Rule], *, calibration_batches: int = 8,
-        method: str = 'minmax', percentile: float = 99.99) -> dict[str, Any]:
-  """Quantizes `trained.model` in place per `rules`, calibrates, and returns the quantized
-  accuracy next to the float one."""
+        method: str = 'minmax', percentile: float = 99.99,
+        equalize_first: bool = False) -> dict[str, Any]:
+  """Quantizes `trained.model` in place per `rules` (after cross-layer equalization when
+  `equalize_first`), calibrates, and returns the quantized accuracy next to the float one (and
+  the float accuracy of the equalized model: ReLU6 becomes ReLU there)."""
   float_logits, labels = trained.logits()
   quantize_model(trained.model, rules)
+  result = {'float_accuracy': accuracy(float_logits, labels)}
+  if equalize_first:
+    info = equalize(trained.model)
+    set_mode(trained.model, 'float')
+    result['equalized_float_accuracy'] = accuracy(trained.logits()[0], labels)
+    result['equalized_pairs'] = len(info['pairs'])
   calibrate(trained.model, trained.calibration_batches(calibration_batches), method=method,
             percentile=percentile)
   quant_logits, _ = trained.logits()
-  return {'float_accuracy': accuracy(float_logits, labels),
-          'quant_accuracy': accuracy(quant_logits, labels), 'examples': int(labels.size)}
+  return {**result, 'quant_accuracy': accuracy(quant_logits, labels),
+          'examples': int(labels.size)}

@@ -89,6 +89,16 @@ def defaults() -> ml_collections.ConfigDict:
   c.schedule.final_fraction = 0.0  # cosine: final lr / peak lr
   c.schedule.decay_rate = 0.1  # step and exponential: factor per decay_steps
   c.schedule.decay_steps = 1000  # step and exponential
+
+  c.quant = ml_collections.ConfigDict()  # quantization-aware training (sepnets.quant)
+  c.quant.enabled = False
+  c.quant.init_from = ''  # workdir of the float run to start from (its latest checkpoint)
+  c.quant.weight_bits = 8
+  c.quant.per_channel = False  # weight scales per output channel (else one per tensor)
+  c.quant.act_bits = 8  # 0: float activations
+  c.quant.equalize = False  # cross-layer equalization before calibration (ReLU6 -> ReLU)
+  c.quant.calibration_batches = 8
+  c.quant.method = 'minmax'  # activation range calibration: minmax, percentile, mse
   return c
 
 
@@ -182,6 +192,14 @@ def validate(c: ml_collections.ConfigDict, *, need_data: bool = True) -> None:
   need(c.train.label_smoothing < 1, 'train.label_smoothing', 'must be below 1')
   need(c.data.workers > 0, 'data.workers', 'must be positive')
   need(c.schedule.decay_steps > 0, 'schedule.decay_steps', 'must be positive')
+  if c.quant.enabled:
+    need(bool(c.quant.init_from), 'quant.init_from', 'must name the float run\'s workdir')
+    need(4 <= c.quant.weight_bits <= 8, 'quant.weight_bits', 'must be in [4, 8]')
+    need(c.quant.act_bits == 0 or 4 <= c.quant.act_bits <= 8, 'quant.act_bits',
+         'must be 0 (float) or in [4, 8]')
+    need(c.quant.calibration_batches > 0, 'quant.calibration_batches', 'must be positive')
+    need(c.quant.method in ('minmax', 'percentile', 'mse'), 'quant.method',
+         'must be one of minmax, percentile, mse')
   need(len(c.data.mean) in (1, c.data.channels) and len(c.data.std) == len(c.data.mean)
        and all(s > 0 for s in c.data.std), 'data.std',
        'must be positive, with one value or one per channel like data.mean')

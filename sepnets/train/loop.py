@@ -107,6 +107,10 @@ class Run:
     self.eval_data = Pipeline(self.dataset.eval, augmentation(c, False),
                               batch_size=c.train.eval_batch_size, seed=c.seed, train=False,
                               workers=c.data.workers)
+    self.quant_info = None
+    if c.quant.enabled:  # quantization-aware training starts from a float run
+      from sepnets.quant.qat import prepare  # quant builds on train: imported only here
+      self.quant_info = prepare(self)
     self.total_steps = c.train.steps or max(
         1, math.ceil(c.train.epochs * self.train_data.steps_per_epoch))
     self.schedule = make_schedule(c, self.total_steps)
@@ -265,6 +269,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict[s
     summary = {'model': c.model.name, 'dataset': run.dataset.name, 'steps': step,
                'train': {k: last_train[k] for k in ('loss', 'accuracy')} if last_train else None,
                **final, 'devices': len(run.devices), 'workdir': os.path.abspath(workdir)}
+    if run.quant_info is not None:
+      summary['quant'] = {**run.quant_info, **c.quant.to_dict()}
     if lead:
       atomic_write_text(os.path.join(workdir, 'summary.json'),
                         json.dumps(summary, indent=2) + '\n')

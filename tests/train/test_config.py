@@ -87,4 +87,5 @@ def test_missing_config_file():
 
 
 def test_defaults_cover_every_documented_section():
-  assert set(defaults().keys()) == {'seed', 'model', 'data', 'train', 'optimizer', 'schedule'}
+  assert set(defaults().keys()) == {'seed', 'model', 'data', 'train', 'optimizer', 'schedule',
+                                    'quant'}
