@@ -3,7 +3,9 @@
 MobileNetV2 on the real Fashion-MNIST (Debian's `dataset-fashion-mnist`; elsewhere add
 --config.data.dir=DIR), 28x28 zero-padded to 32x32, stem stride 1: the float model the
 quantization study starts from (`sepnets quantize ... --workdir runs/fmnist_mnv2`). Three epochs
-of SGD with Nesterov momentum and a cosine schedule. Presets: `:short` (a quarter epoch).
+of SGD with Nesterov momentum and a cosine schedule. Measured on 2 cores: 91.32% test accuracy
+(EMA 91.21%) in 23 minutes (sharing the cores with other work). Presets: `:short` (a quarter
+epoch).
 """
 
 import ml_collections

@@ -169,11 +169,10 @@ class QConvNormAct(_QuantLayer):
 
   def folded(self) -> tuple[jax.Array, jax.Array]:
     """(kernel, bias) with BatchNorm folded in (running statistics)."""
-    kernel = self.conv.kernel[...]
-    bias = self.conv.bias[...] if self.conv.bias is not None else None
     if self.bn is None:
-      return kernel, (bias if bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype))
-    return fold_batch_norm(kernel, bias, self.bn)
+      return _kernel_and_bias(self.conv)
+    bias = self.conv.bias[...] if self.conv.bias is not None else None
+    return fold_batch_norm(self.conv.kernel[...], bias, self.bn)
 
   def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode == 'quant':
@@ -186,6 +185,13 @@ class QConvNormAct(_QuantLayer):
     return self.act(x)
 
 
+def _kernel_and_bias(layer: nnx.Module) -> tuple[jax.Array, jax.Array]:
+  """A layer without BatchNorm: its kernel and its bias (zeros when it has none)."""
+  kernel = layer.kernel[...]
+  bias = layer.bias[...] if layer.bias is not None else jnp.zeros(kernel.shape[-1], kernel.dtype)
+  return kernel, bias
+
+
 class QConv(_QuantLayer):
   """A bare conv with its bias (the squeeze-excite 1x1s)."""
 
@@ -194,9 +200,7 @@ class QConv(_QuantLayer):
     self._init_quant(path, conv_kind(conv), quant)
 
   def folded(self) -> tuple[jax.Array, jax.Array]:
-    kernel = self.conv.kernel[...]
-    bias = self.conv.bias[...] if self.conv.bias is not None else jnp.zeros(kernel.shape[-1])
-    return kernel, bias
+    return _kernel_and_bias(self.conv)
 
   def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode != 'quant':
@@ -213,9 +217,7 @@ class QLinear(_QuantLayer):
     self._init_quant(path, 'linear', quant)
 
   def folded(self) -> tuple[jax.Array, jax.Array]:
-    kernel = self.linear.kernel[...]
-    bias = self.linear.bias[...] if self.linear.bias is not None else jnp.zeros(kernel.shape[-1])
-    return kernel, bias
+    return _kernel_and_bias(self.linear)
 
   def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode != 'quant':

@@ -7,7 +7,6 @@ quantized model sees exactly the evaluation pipeline the float one was measured 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,8 @@ from flax import nnx
 from sepnets.quant.calibrate import calibrate
 from sepnets.quant.equalize import equalize
 from sepnets.quant.layers import Rule, quantize_model, set_mode
-from sepnets.train.loop import Run, augmentation
+from sepnets.train.loop import Run, augmentation, open_checkpoint
+from sepnets.train.state import load_weights
 from sepnets.train.pipeline import Pipeline
 
 
@@ -83,24 +83,9 @@ def load_trained(config, workdir: str, *, step: int | None = None,
                  ema: bool = True) -> Trained:
   """The model of `workdir`'s latest (or given) checkpoint; EMA weights when the run kept them
   and `ema`."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'no checkpoint in {directory!r}; train first')
-  run = Run(config, workdir)
-  try:
-    if run.checkpoints.latest() is None:
-      raise FileNotFoundError(f'no checkpoint in {directory!r}; train first')
-    state, _ = run.checkpoints.restore(run.init(), step)
-    use_ema = ema and state.ema is not None
-    params = state.ema['params'] if use_ema else state.params
-    stats = state.ema['stats'] if use_ema else state.stats
-    model = run.model
-    nnx.update(model, jax.device_get(params), jax.device_get(stats))
-    model.eval()
-    return Trained(run, model, int(jax.device_get(state.step)), 'ema' if use_ema else 'plain')
-  except BaseException:
-    run.close()
-    raise
+  run, state = open_checkpoint(config, workdir, step)
+  weights = load_weights(run.model, state, ema=ema)
+  return Trained(run, run.model, int(jax.device_get(state.step)), weights)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -25,7 +25,7 @@ from sepnets.quant.ptq import calibration_batches
 from sepnets.train.checkpoint import Checkpoints
 from sepnets.train.config import build_config
 from sepnets.train.optim import make_optimizer, make_schedule
-from sepnets.train.state import make_steps
+from sepnets.train.state import load_weights, make_steps
 
 
 def load_float_weights(model: nnx.Module, workdir: str, *, ema: bool = True) -> dict[str, Any]:
@@ -49,13 +49,9 @@ def load_float_weights(model: nnx.Module, workdir: str, *, ema: bool = True) -> 
     state, _ = checkpoints.restore(jax.jit(steps.init)())
   finally:
     checkpoints.close()
-  use_ema = ema and state.ema is not None
-  params = state.ema['params'] if use_ema else state.params
-  stats = state.ema['stats'] if use_ema else state.stats
-  nnx.update(model, jax.device_get(params), jax.device_get(stats))
-  model.eval()
+  weights = load_weights(model, state, ema=ema)
   return {'init_from': os.path.abspath(workdir), 'init_step': int(jax.device_get(state.step)),
-          'init_weights': 'ema' if use_ema else 'plain'}
+          'init_weights': weights}
 
 
 def prepare(run) -> dict[str, Any]:

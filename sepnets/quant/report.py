@@ -31,10 +31,13 @@ def markdown(result: dict[str, Any], title: str) -> str:
     worst = ', '.join(f'{layer} ({kind})' for layer, kind in
                       zip(first['worst_layers'][:3], first['worst_types'][:3]))
     verdict = 'yes' if first['depthwise_degrades_first'] else 'no'
-    lines.append(f"- **{name}**: depthwise layers degrade first: **{verdict}**. Worst: {worst}. "
-                 f"Mean SQNR rank (0 = worst of {len(result['layers'])}): depthwise "
-                 f"{first['depthwise_mean_rank']:.1f}, other layers "
-                 f"{first['other_mean_rank']:.1f}.")
+    broken = ', '.join(f'{layer} ({kind}, {drop:+.1%})'
+                       for layer, kind, drop in first['breaking_layers']) or 'none'
+    lines.append(f"- **{name}**: depthwise layers degrade first: **{verdict}** (the lowest-SQNR "
+                 f"layer is {first['worst_types'][0]}). Worst: {worst}. Layers that alone cost "
+                 f"more than 1 point of accuracy: {broken}. Mean SQNR rank (0 = worst of "
+                 f"{len(result['layers'])}): depthwise {first['depthwise_mean_rank']:.1f}, other "
+                 f"layers {first['other_mean_rank']:.1f}.")
   lines += ['', '## All layers at once', '', '| setting | SQNR (dB) | accuracy |', '|---|---|---|']
   for name in names:
     r = result['all_layers'][name]

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from sepnets.quant.calibrate import calibrate
-from sepnets.quant.layers import FLOAT, KINDS, LayerQuant, Rule, quant_layers, quantize_model
+from sepnets.quant.layers import FLOAT, KINDS, LayerQuant, Rule, quantize_model
 from sepnets.quant.numerics import channel_range_spread, check_bits, sqnr_db
 
 
@@ -92,14 +92,15 @@ def analyze(model: nnx.Module, calibration: Sequence[np.ndarray], images: Sequen
     layer.quant = FLOAT
   return {'float_accuracy': float_acc, 'examples': int(len(labels)),
           'settings': [s.name for s in grid], 'layers': rows, 'all_layers': together,
-          'summary': summarize(rows, [s.name for s in grid])}
+          'summary': summarize(rows, [s.name for s in grid], float_accuracy=float_acc)}
 
 
-def summarize(rows: list[dict[str, Any]], names: Sequence[str], worst: int = 10) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], names: Sequence[str], worst: int = 10,
+              float_accuracy: float | None = None, breaking: float = 0.01) -> dict[str, Any]:
   """Per type: layer count, median SQNR and median range spread. Per setting: the `worst`
-  lowest-SQNR layers, the mean SQNR rank (0 = worst) of depthwise and of other layers, and the
-  verdict: depthwise layers degrade first when the single worst layer is depthwise and depthwise
-  layers rank worse on average than the rest."""
+  lowest-SQNR layers; the layers that alone cost more than `breaking` accuracy; the mean SQNR
+  rank (0 = worst) of depthwise and of other layers; and the verdict: depthwise layers degrade
+  first when the first layer to break (lowest SQNR) is depthwise."""
   kinds = [k for k in KINDS if any(r['type'] == k for r in rows)]
   per_type = {k: {'layers': sum(r['type'] == k for r in rows),
                   'median_range_spread': float(np.median([r['range_spread'] for r in rows
@@ -113,11 +114,14 @@ def summarize(rows: list[dict[str, Any]], names: Sequence[str], worst: int = 10)
     ranks = {r['layer']: i for i, r in enumerate(ranked)}
     dw = [ranks[r['layer']] for r in rows if r['type'] == 'depthwise']
     other = [ranks[r['layer']] for r in rows if r['type'] != 'depthwise']
-    dw_rank = float(np.mean(dw)) if dw else float('nan')
-    other_rank = float(np.mean(other)) if other else float('nan')
+    broken = ([r for r in ranked if float_accuracy - r['settings'][n]['accuracy'] > breaking]
+              if float_accuracy is not None else [])
     first[n] = {'worst_layers': [r['layer'] for r in ranked[:worst]],
                 'worst_types': [r['type'] for r in ranked[:worst]],
-                'depthwise_mean_rank': dw_rank, 'other_mean_rank': other_rank,
-                'depthwise_degrades_first': bool(dw and other and ranked[0]['type'] == 'depthwise'
-                                                 and dw_rank < other_rank)}
+                'breaking_layers': [(r['layer'], r['type'],
+                                     r['settings'][n]['accuracy'] - float_accuracy)
+                                    for r in broken],
+                'depthwise_mean_rank': float(np.mean(dw)) if dw else float('nan'),
+                'other_mean_rank': float(np.mean(other)) if other else float('nan'),
+                'depthwise_degrades_first': bool(ranked and ranked[0]['type'] == 'depthwise')}
   return {'per_type': per_type, 'first_to_break': first}

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -283,8 +282,9 @@ def _flat(result: dict[str, dict[str, Any]]) -> dict[str, Any]:
   return {f'{name}_{key}': value for name, part in result.items() for key, value in part.items()}
 
 
-def evaluate(config, workdir: str, *, step: int | None = None) -> dict[str, Any]:
-  """Evaluates the latest (or a given) checkpoint in `workdir`, plain and EMA weights."""
+def open_checkpoint(config, workdir: str, step: int | None = None) -> tuple[Run, TrainState]:
+  """A Run of `config` and the state of `workdir`'s latest (or given) checkpoint; the caller
+  closes the run."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoint in {directory!r}; train first')
@@ -296,6 +296,16 @@ def evaluate(config, workdir: str, *, step: int | None = None) -> dict[str, Any]
       raise FileNotFoundError(f'no checkpoint of step {step} in {run.checkpoints.directory!r}; '
                               f'there are {run.checkpoints.steps()}')
     state, _ = run.checkpoints.restore(run.init(), step)
+    return run, state
+  except BaseException:
+    run.close()
+    raise
+
+
+def evaluate(config, workdir: str, *, step: int | None = None) -> dict[str, Any]:
+  """Evaluates the latest (or a given) checkpoint in `workdir`, plain and EMA weights."""
+  run, state = open_checkpoint(config, workdir, step)
+  try:
     result = {'step': int(jax.device_get(state.step)), **run.evaluate_state(state)}
     atomic_write_text(os.path.join(workdir, 'eval.json'), json.dumps(result, indent=2) + '\n')
     return result

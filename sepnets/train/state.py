@@ -30,6 +30,17 @@ class TrainState:
   metrics: dict[str, jax.Array]  # sums since the last log; first_bad = first non-finite step
 
 
+def load_weights(model: nnx.Module, state: TrainState, *, ema: bool = True) -> str:
+  """Puts the state's EMA weights (when kept and `ema`) or plain weights and BatchNorm
+  statistics into `model`, in eval mode; returns 'ema' or 'plain'."""
+  use_ema = ema and state.ema is not None
+  params = state.ema['params'] if use_ema else state.params
+  stats = state.ema['stats'] if use_ema else state.stats
+  nnx.update(model, jax.device_get(params), jax.device_get(stats))
+  model.eval()
+  return 'ema' if use_ema else 'plain'
+
+
 def empty_metrics() -> dict[str, jax.Array]:
   return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.float32),
           'count': jnp.zeros((), jnp.float32), 'first_bad': jnp.full((), -1, jnp.int32)}

@@ -1,7 +1,6 @@
 """Cross-layer equalization: which pairs, function preserved under ReLU, per-tensor repaired."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -10,16 +9,8 @@ from sepnets.quant.layers import FLOAT, LayerQuant, Rule, quant_layers, quantize
 from sepnets.quant.calibrate import calibrate
 from sepnets.quant.numerics import channel_range_spread, sqnr_db
 from sepnets.registry import create_model
+from tests.quant.test_model import forward, images
 from tests.quant.test_sensitivity import FRAGILE, fragile_model
-
-
-@nnx.jit
-def forward(model, x):
-  return model(x)
-
-
-def images(n=16, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=(n, 32, 32, 3)), jnp.float32)
 
 
 def test_pairs_follow_relu_outputs_and_never_cross_a_residual_or_squeeze_excite():
