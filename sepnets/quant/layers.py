@@ -361,14 +361,3 @@ def set_mode(model: nnx.Module, mode: str, *, calib_pass: int = 1) -> None:
     raise ValueError('model has no quantized layers; call quantize_model first')
   for layer in layers:
     layer.mode, layer.calib_pass = mode, calib_pass
-
-
-def set_quant(model: nnx.Module, specs: dict[str, LayerQuant]) -> None:
-  """Changes the per-layer LayerQuant (keeps the calibration): for sweeps and one-layer-at-a-time
-  sensitivity without recalibrating."""
-  layers = {layer.path: layer for layer in quant_layers(model)}
-  unknown = sorted(set(specs) - set(layers))
-  if unknown:
-    raise ValueError(f'unknown layer path(s) {unknown}; expected some of {sorted(layers)[:6]}...')
-  for path, quant in specs.items():
-    layers[path].quant = quant
