@@ -18,9 +18,10 @@ from typing import Any
 import jax
 from flax import nnx
 
+from sepnets.files import atomic_write_text
 from sepnets.quant.calibrate import calibrate
 from sepnets.quant.equalize import equalize
-from sepnets.quant.layers import LayerQuant, Rule, quantize_model
+from sepnets.quant.layers import LayerQuant, Rule, quantize_model, set_mode
 from sepnets.quant.ptq import calibration_batches
 from sepnets.train.checkpoint import Checkpoints
 from sepnets.train.config import build_config
@@ -54,14 +55,27 @@ def load_float_weights(model: nnx.Module, workdir: str, *, ema: bool = True) -> 
           'init_weights': weights}
 
 
-def prepare(run) -> dict[str, Any]:
-  """Turns `run.model` into the QAT starting point per `run.config.quant` (see the module)."""
+def prepare(run, *, resuming: bool = False) -> dict[str, Any]:
+  """Turns `run.model` into the QAT starting point per `run.config.quant` (see the module).
+  When the run resumes from its own checkpoint, which holds the weights and the calibrated
+  ranges, only the structure is built: no float weights are loaded and nothing is calibrated."""
   q = run.config.quant
-  info = load_float_weights(run.model, q.init_from)
+  record = os.path.join(run.workdir, 'quant.json')  # where the run started from
+  restore = resuming and os.path.isfile(record)
+  if restore:
+    with open(record) as f:
+      info = json.load(f)
+  else:
+    info = load_float_weights(run.model, q.init_from)
+    if jax.process_index() == 0:
+      atomic_write_text(record, json.dumps(info, indent=2) + '\n')
   quant = LayerQuant(weight_bits=q.weight_bits, per_channel=q.per_channel,
                      act_bits=q.act_bits or None)
   quantize_model(run.model, [Rule('*', quant)])
-  if q.equalize:
+  if q.equalize:  # also switches ReLU6 to ReLU, which the checkpoint cannot carry
     info['equalized_pairs'] = len(equalize(run.model)['pairs'])
-  calibrate(run.model, calibration_batches(run, q.calibration_batches), method=q.method)
+  if restore:
+    set_mode(run.model, 'quant')
+  else:
+    calibrate(run.model, calibration_batches(run, q.calibration_batches), method=q.method)
   return info

@@ -109,7 +109,9 @@ class Run:
     self.quant_info = None
     if c.quant.enabled:  # quantization-aware training starts from a float run
       from sepnets.quant.qat import prepare  # quant builds on train: imported only here
-      self.quant_info = prepare(self)
+      saved = os.path.join(workdir, 'checkpoints')
+      resuming = os.path.isdir(saved) and any(d.isdigit() for d in os.listdir(saved))
+      self.quant_info = prepare(self, resuming=resuming)
     self.total_steps = c.train.steps or max(
         1, math.ceil(c.train.epochs * self.train_data.steps_per_epoch))
     self.schedule = make_schedule(c, self.total_steps)

@@ -54,8 +54,9 @@ def test_qat_run_fine_tunes_and_reports(float_run, tmp_path):
   assert summary['steps'] == 4 and np.isfinite(summary['train']['loss'])
   assert summary['quant']['weight_bits'] == 8 and summary['quant']['init_step'] == 12
   # resumable like any run: the same command continues from its own checkpoint
+  assert os.path.isfile(tmp_path / 'quant.json')  # a resume needs neither float run nor data
   again = train_and_evaluate(qat_config(float_run), str(tmp_path), progress=False)
-  assert again['eval'] == summary['eval']
+  assert again['eval'] == summary['eval'] and again['quant'] == summary['quant']
 
 
 def test_qat_config_errors_are_named(tmp_path):
