@@ -15,14 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sepnets.quant.layers import HIST_BINS, quant_layers, set_mode
+from sepnets.quant.layers import HIST_BINS, forward, quant_layers, set_mode
 
 METHODS = ('minmax', 'percentile', 'mse')
-
-
-@nnx.jit
-def _observe(model: nnx.Module, images: jax.Array) -> None:
-  model(images)
 
 
 def _reset(model: nnx.Module) -> None:
@@ -84,7 +79,7 @@ def calibrate(model: nnx.Module, batches: Iterable[jax.Array | np.ndarray], *,
   for calib_pass in passes:
     set_mode(model, 'calibrate', calib_pass=calib_pass)
     for images in batches:
-      _observe(model, jnp.asarray(images))
+      forward(model, jnp.asarray(images))
   for layer in quant_layers(model):
     lo, hi = float(layer.amin[...]), float(layer.amax[...])
     if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -231,6 +231,13 @@ class QLinear(_QuantLayer):
 QUANT_LAYERS = (QConvNormAct, QConv, QLinear)
 
 
+@nnx.jit
+def forward(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """model(images), jitted: one compile per model structure and mode, shared by calibration,
+  PTQ and the sensitivity analysis (calibration's state updates flow back into the model)."""
+  return model(images)
+
+
 def _dotted(path: Sequence[Any]) -> str:
   return '.'.join(str(p) for p in path)
 

@@ -17,15 +17,10 @@ from flax import nnx
 
 from sepnets.quant.calibrate import calibrate
 from sepnets.quant.equalize import equalize
-from sepnets.quant.layers import Rule, quantize_model, set_mode
+from sepnets.quant.layers import Rule, forward, quantize_model, set_mode
 from sepnets.train.loop import Run, augmentation, open_checkpoint
 from sepnets.train.state import load_weights
 from sepnets.train.pipeline import Pipeline
-
-
-@nnx.jit
-def _logits(model: nnx.Module, images: jax.Array) -> jax.Array:
-  return model(images)
 
 
 def calibration_batches(run: Run, count: int) -> list[np.ndarray]:
@@ -71,7 +66,7 @@ class Trained:
     out, labels = [], []
     for images, y, mask in self.eval_batches(limit):
       keep = mask > 0
-      out.append(np.asarray(_logits(self.model, jnp.asarray(images)))[keep])
+      out.append(np.asarray(forward(self.model, jnp.asarray(images)))[keep])
       labels.append(np.asarray(y)[keep])
     return np.concatenate(out), np.concatenate(labels)
 

@@ -22,13 +22,8 @@ import numpy as np
 from flax import nnx
 
 from sepnets.quant.calibrate import calibrate
-from sepnets.quant.layers import FLOAT, KINDS, LayerQuant, Rule, quantize_model
+from sepnets.quant.layers import FLOAT, KINDS, LayerQuant, Rule, forward, quantize_model
 from sepnets.quant.numerics import channel_range_spread, check_bits, sqnr_db
-
-
-@nnx.jit
-def _logits(model: nnx.Module, images: jax.Array) -> jax.Array:
-  return model(images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +42,7 @@ def settings(bits: Sequence[int] = (8, 4)) -> list[Setting]:
 
 
 def _predict(model, batches: Sequence[np.ndarray]) -> np.ndarray:
-  return np.concatenate([np.asarray(_logits(model, jnp.asarray(b))) for b in batches])
+  return np.concatenate([np.asarray(forward(model, jnp.asarray(b))) for b in batches])
 
 
 def analyze(model: nnx.Module, calibration: Sequence[np.ndarray], images: Sequence[np.ndarray],

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from sepnets.quant.calibrate import calibrate
-from sepnets.quant.layers import (FLOAT, LayerQuant, Rule, layer_table, quant_layers,
+from sepnets.quant.layers import (FLOAT, LayerQuant, Rule, forward, layer_table, quant_layers,
                                   quantize_model, set_mode)
 from sepnets.quant.numerics import sqnr_db
 from sepnets.registry import create_model
@@ -15,11 +15,6 @@ from sepnets.registry import create_model
 
 def small_model(name='mobilenet_v2'):
   return create_model(name, rngs=nnx.Rngs(0), num_classes=10, width=0.35, stem_stride=1)
-
-
-@nnx.jit
-def forward(model, x):
-  return model(x)
 
 
 def images(n=8, seed=0):
