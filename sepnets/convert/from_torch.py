@@ -44,8 +44,10 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.detach().cpu()
     if str(value.dtype) == 'torch.bfloat16':
       value = value.float()
-    return value.numpy()
-  return np.asarray(value)
+    # a copy: .numpy() shares the tensor's memory, and JAX on CPU may keep sharing it, so
+    # a later in-place update of the torch module would change the imported weights
+    return value.numpy().copy()
+  return np.array(value)
 
 
 def load_state_dict(source: Any) -> dict[str, np.ndarray]:

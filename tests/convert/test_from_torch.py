@@ -112,3 +112,18 @@ def test_export_round_trip(name, rng):
   x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
   want = forward(model, x)
   assert np.abs(torch_forward(reference.eval(), x) - want).max() <= 1e-4 * max(1, np.abs(want).max())
+
+
+def test_imported_weights_do_not_alias_the_torch_module(rng):
+  """Training the torch module after the import must not change the sepnets model: a tensor's
+  .numpy() shares its memory, and JAX on CPU can keep sharing it."""
+  reference = randomize(build_reference('mobilenet_v3_small'))
+  model = load_torch_weights(sepnets.create_model('mobilenet_v3_small', rngs=nnx.Rngs(1)),
+                             reference)
+  x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+  before = forward(model, x)
+  with torch.no_grad():
+    for tensor in [*reference.parameters(), *reference.buffers()]:
+      if tensor.is_floating_point():
+        tensor.add_(1.0)
+  assert np.array_equal(forward(model, x), before)
