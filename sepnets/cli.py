@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   # the whole backend start; deviceless GPU compilation needs it skipped (set before jax
   # starts its backends, which it does lazily).
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+  from sepnets.runtime import tune_malloc
+  tune_malloc()  # before JAX starts its threads; SEPNETS_MALLOC=default opts out
   parser = build_parser()
   args = _split_overrides(parser, sys.argv[1:] if argv is None else argv)
   try:

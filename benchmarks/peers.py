@@ -1,0 +1,83 @@
+"""sepnets vs PyTorch (and Keras 3 on JAX) on identical architectures, side by side in one run.
+
+  pip install -e ".[torch]"
+  JAX_PLATFORMS=cpu python benchmarks/peers.py            # mobilenet_v2, mobilenet_v3_large,
+                                                          # efficientnet_b0 at 224, fp32
+
+Times inference at batch 1 and 32 and the train step (forward, backward, SGD with momentum) at
+batch 32 for each library, prints the Markdown table of times and ratios (sepnets / peer) and
+writes it with the raw JSON to OUT (default results/peers-TIMESTAMP/).
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault('KERAS_BACKEND', 'jax')
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sepnets.runtime import malloc_state, tune_malloc  # noqa: E402
+
+tune_malloc()  # for every library in this process alike; SEPNETS_MALLOC=default opts out
+from sepnets.compile.peers import MODELS, PEERS, PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.files import atomic_write_text  # noqa: E402
+
+
+def _csv(kind):
+  return lambda text: tuple(kind(v) for v in text.split(',') if v.strip())
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', type=_csv(str), default=MODELS)
+  parser.add_argument('--image-size', type=int, default=224)
+  parser.add_argument('--infer-batches', type=_csv(int), default=(1, 32))
+  parser.add_argument('--train-batch', type=int, default=32, help='0: no train step')
+  parser.add_argument('--peers', type=_csv(str), default=PEERS,
+                      help='torch is always run; add keras for Keras 3 on JAX')
+  parser.add_argument('--strategy', default='auto', help='sepnets depthwise strategy')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--layers', default='mobilenet_v2',
+                      help="depthwise roofline table for this model's depthwise shapes "
+                      "('none' skips it)")
+  parser.add_argument('--layer-batch', type=int, default=32)
+  parser.add_argument('--layer-strategies', type=_csv(str), default=('grouped', 'shift'))
+  parser.add_argument('--out', default=None, help='output folder (default results/peers-TIME)')
+  args = parser.parse_args()
+  try:
+    config = PeersConfig(models=args.models, image_size=args.image_size,
+                         infer_batches=args.infer_batches, train_batch=args.train_batch,
+                         peers=args.peers, strategy=args.strategy, warmup=args.warmup,
+                         repeats=args.repeats)
+  except ValueError as e:
+    parser.error(str(e))
+  out = Path(args.out or f'results/peers-{time.strftime("%Y%m%d-%H%M%S")}')
+  result = run_peers(config, progress=lambda m: print(m, file=sys.stderr, flush=True))
+  result['metadata']['malloc'] = malloc_state()
+  command = 'python benchmarks/peers.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+  text = format_markdown(result, command.strip())
+  if args.layers != 'none':
+    import jax
+    from sepnets.compile import depthwise_bw
+    from sepnets.compile.peaks import measure_peaks
+    print(f'{args.layers}: depthwise layers', file=sys.stderr, flush=True)
+    peaks = measure_peaks(jax.devices()[0])
+    rows = depthwise_bw.measure(depthwise_bw.model_depthwise_shapes(args.layers),
+                                args.layer_strategies, peaks, batch=args.layer_batch)
+    result['depthwise'] = {'model': args.layers, 'peaks': peaks.to_json(), 'rows': rows}
+    text += f'\n## {args.layers}: every depthwise shape\n\n' + depthwise_bw.format_markdown(
+        rows, peaks)
+  out.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(str(out / 'peers.json'), json.dumps(result, indent=2) + '\n')
+  atomic_write_text(str(out / 'peers.md'), text)
+  print(text)
+  print(f'wrote {out}/peers.md', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,109 @@
+"""Depthwise convolutions against the memory roofline: achieved bandwidth over copy bandwidth.
+
+A depthwise conv does K*K multiply-adds per output element, far too few to be compute-bound, so
+its limit is memory: the least it must move is its input and kernel in and its output out
+(forward), and the input, kernel and output gradient in and both gradients out (backward).
+Achieved bandwidth is those compulsory bytes over the measured time; the fraction compares it
+with the copy bandwidth (`y = x + 1`, `peaks.measure_peaks`) measured at the closest
+working-set size, the best a memory-bound op can do on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sepnets.compile.layer_workloads import model_shapes
+from sepnets.compile.peaks import Peaks
+from sepnets.compile.timing import time_compiled
+from sepnets.layers.conv import DepthwiseConv
+
+F32 = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseShape:
+  channels: int
+  kernel: int
+  stride: int
+  size: int  # input height = width
+  padding: str = 'symmetric'
+
+  @property
+  def out_size(self) -> int:
+    return (self.size - 1) // self.stride + 1  # 'symmetric' / 'same' padding
+
+  def bytes(self, batch: int) -> dict[str, int]:
+    """Compulsory bytes (fp32) of the forward and of the backward pass."""
+    x = batch * self.size ** 2 * self.channels * F32
+    y = batch * self.out_size ** 2 * self.channels * F32
+    k = self.kernel ** 2 * self.channels * F32
+    return {'forward': x + k + y, 'backward': y + x + k + x + k}
+
+
+def model_depthwise_shapes(model: str) -> list[DepthwiseShape]:
+  """The distinct depthwise layer shapes of a zoo model, in forward order."""
+  return [DepthwiseShape(s.in_chs, s.kernel, s.stride, s.size, s.padding)
+          for s in model_shapes(model) if s.layer == 'depthwise']
+
+
+def _functions(shape: DepthwiseShape, strategy: str, batch: int
+               ) -> tuple[Callable, Callable, tuple, tuple]:
+  conv = DepthwiseConv(shape.channels, shape.kernel, stride=shape.stride,
+                       padding=shape.padding, strategy=strategy, rngs=nnx.Rngs(0))
+  kernel = conv.kernel[...]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, shape.size, shape.size, shape.channels),
+                                      np.float32))
+  dy = jnp.asarray(rng.standard_normal((batch, shape.out_size, shape.out_size,
+                                        shape.channels), np.float32))
+
+  def apply(k, v):
+    return conv.conv_with(v, k)
+
+  forward = jax.jit(apply)
+  backward = jax.jit(lambda k, v, g: jax.vjp(apply, k, v)[1](g))
+  return forward, backward, (kernel, x), (kernel, x, dy)
+
+
+def measure(shapes: Sequence[DepthwiseShape], strategies: Sequence[str], peaks: Peaks, *,
+            batch: int, repeats: int = 10) -> list[dict[str, Any]]:
+  """One row per (shape, strategy): times, achieved GB/s and the fraction of copy bandwidth."""
+  rows = []
+  for shape in shapes:
+    nbytes = shape.bytes(batch)
+    for strategy in strategies:
+      forward, backward, fargs, bargs = _functions(shape, strategy, batch)
+      row: dict[str, Any] = {**dataclasses.asdict(shape), 'batch': batch,
+                             'strategy': strategy}
+      for name, fn, args in (('forward', forward, fargs), ('backward', backward, bargs)):
+        seconds = time_compiled(fn, *args, repeats=repeats).median_s
+        achieved = nbytes[name] / seconds
+        copy = peaks.bandwidth_for(nbytes[name] / 2)  # a copy of S bytes moves 2S
+        row.update({f'{name}_ms': seconds * 1e3, f'{name}_bytes': nbytes[name],
+                    f'{name}_gbps': achieved / 1e9, f'{name}_copy_gbps': copy / 1e9,
+                    f'{name}_fraction': achieved / copy})
+      rows.append(row)
+  return rows
+
+
+def format_markdown(rows: Sequence[dict[str, Any]], peaks: Peaks) -> str:
+  copy = ', '.join(f'{int(size) / 2**20:.0f} MiB {bw / 1e9:.1f}'
+                   for size, bw in sorted(peaks.copy_bytes_per_s.items()))
+  lines = ['Depthwise layers against the memory roofline (compulsory bytes / time, as a '
+           f'fraction of copy bandwidth at the closest working set; copy GB/s: {copy}).', '',
+           '| layer (C, K, stride, input) | batch | strategy | fwd ms | fwd GB/s | fwd / copy '
+           '| bwd ms | bwd GB/s | bwd / copy |', '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(
+        f"| {r['channels']}, {r['kernel']}x{r['kernel']}, s{r['stride']}, {r['size']}x"
+        f"{r['size']} | {r['batch']} | {r['strategy']} | {r['forward_ms']:.2f} | "
+        f"{r['forward_gbps']:.1f} | **{r['forward_fraction']:.0%}** | {r['backward_ms']:.2f} | "
+        f"{r['backward_gbps']:.1f} | {r['backward_fraction']:.0%} |")
+  return '\n'.join(lines) + '\n'

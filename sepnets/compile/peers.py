@@ -1,0 +1,287 @@
+"""sepnets next to PyTorch (and Keras 3 on JAX) on identical architectures, timed in one run.
+
+Workloads, fp32 NHWC at one image size: inference at each batch size (eval mode; PyTorch
+channels_last under `torch.inference_mode`) and the train step (train-mode forward, backward
+and an SGD-momentum update, dropout and drop-path on as each library defines the model) at
+the train batch. The sepnets model gets the PyTorch model's weights through the strict weight
+import, so the two compute the same function: the eval logits' difference is reported next
+to the times. Keras' applications are the same architectures by name (its own definitions and
+weights), timed through `predict_on_batch` / `train_on_batch` with XLA compilation.
+
+Each time is the median of `repeats` calls after `warmup` calls; a ratio is sepnets / peer
+(below 1.0: sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from sepnets.compile.metadata import run_metadata
+from sepnets.registry import create_model
+from sepnets.train.steps import make_eval_step, make_train_step
+
+MODELS = ('mobilenet_v2', 'mobilenet_v3_large', 'efficientnet_b0')
+KERAS_APPLICATIONS = {'mobilenet_v2': 'MobileNetV2', 'mobilenet_v3_large': 'MobileNetV3Large',
+                      'efficientnet_b0': 'EfficientNetB0'}
+PEERS = ('torch', 'keras')
+LEARNING_RATE, MOMENTUM = 0.01, 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class PeersConfig:
+  models: tuple[str, ...] = MODELS
+  image_size: int = 224
+  infer_batches: tuple[int, ...] = (1, 32)
+  train_batch: int = 32  # 0: no train step
+  peers: tuple[str, ...] = PEERS
+  strategy: str = 'auto'  # sepnets' depthwise strategy
+  warmup: int = 2
+  repeats: int = 5
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in self.models:
+      if name not in KERAS_APPLICATIONS:
+        raise ValueError(f'no peer definition for {name!r}; the peers benchmark covers '
+                         f'{", ".join(MODELS)}')
+    for peer in self.peers:
+      if peer not in PEERS:
+        raise ValueError(f'unknown peer {peer!r}; expected some of {", ".join(PEERS)}')
+    if self.image_size < 32:
+      raise ValueError(f'image_size must be at least 32, got {self.image_size}')
+    if self.repeats < 1 or self.warmup < 0:
+      raise ValueError('repeats must be >= 1 and warmup >= 0')
+    if any(b < 1 for b in self.infer_batches) or self.train_batch < 0:
+      raise ValueError('batch sizes must be positive (train_batch 0 skips the train step)')
+
+
+def median_seconds(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float:
+  """Median wall time of `fn()`, which must return only once its work is done."""
+  for _ in range(warmup):
+    fn()
+  samples = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    samples.append(time.perf_counter() - start)
+  return statistics.median(samples)
+
+
+def workloads(config: PeersConfig) -> list[tuple[str, int]]:
+  """(kind, batch) in measurement order: ('infer', b) ... then ('train', b)."""
+  out = [('infer', b) for b in config.infer_batches]
+  return out + ([('train', config.train_batch)] if config.train_batch else [])
+
+
+def _data(config: PeersConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(config.seed + batch)
+  images = rng.standard_normal((batch, config.image_size, config.image_size, 3), np.float32)
+  return images, rng.integers(0, 1000, batch).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- sepnets
+
+def sepnets_model(name: str, torch_model: Any, config: PeersConfig) -> nnx.Module:
+  """The zoo's `name` with `torch_model`'s weights (eval mode)."""
+  from sepnets.convert import load_torch_weights
+  model = create_model(name, rngs=nnx.Rngs(config.seed), strategy=config.strategy)
+  load_torch_weights(model, torch_model)
+  return model
+
+
+def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
+  out: dict[str, Any] = {'times': {}, 'compile_s': {}}
+  graphdef, state = nnx.split(model)
+  for kind, batch in workloads(config):
+    images, labels = _data(config, batch)
+    x = jnp.asarray(images)
+    start = time.perf_counter()
+    if kind == 'infer':
+      step = jax.jit(make_eval_step(graphdef)).lower(state, x).compile()
+      out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
+      out['times'][f'{kind}{batch}'] = median_seconds(
+          lambda: jax.block_until_ready(step(state, x)), warmup=config.warmup,
+          repeats=config.repeats)
+      if batch == config.infer_batches[0]:
+        out['logits'] = np.asarray(step(state, x))
+      continue
+    model.train()
+    train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    optimizer = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+    carry = [params, rest, optimizer.init(params)]
+    y = jnp.asarray(labels)
+    train = jax.jit(make_train_step(train_graphdef, optimizer), donate_argnums=(0, 1, 2))
+    train = train.lower(*carry, x, y).compile()
+    out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
+
+    def call():
+      params, rest, opt_state, loss = train(*carry, x, y)
+      carry[:] = [params, rest, opt_state]
+      jax.block_until_ready(loss)
+
+    out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+                                                    repeats=config.repeats)
+  return out
+
+
+# ---------------------------------------------------------------------------- PyTorch
+
+def torch_model(name: str, seed: int) -> Any:
+  """torchvision's model with random weights (BatchNorm statistics and classifier drawn so the
+  logits are O(1): a mismatch cannot hide), eval mode, channels_last."""
+  import torch
+  from sepnets.convert.torch_refs import build_reference, randomize
+  torch.manual_seed(seed)
+  return randomize(build_reference(name), seed).to(memory_format=torch.channels_last)
+
+
+def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
+  import torch
+  out: dict[str, Any] = {'times': {}, 'threads': torch.get_num_threads()}
+  for kind, batch in workloads(config):
+    images, labels = _data(config, batch)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+    if kind == 'infer':
+      model.eval()
+
+      def call():
+        with torch.inference_mode():
+          return model(x)
+
+      out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+                                                      repeats=config.repeats)
+      if batch == config.infer_batches[0]:
+        out['logits'] = call().numpy()
+      continue
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    y = torch.from_numpy(labels).long()
+
+    def step():
+      optimizer.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss.backward()
+      optimizer.step()
+      return loss.item()
+
+    out['times'][f'{kind}{batch}'] = median_seconds(step, warmup=config.warmup,
+                                                    repeats=config.repeats)
+    model.eval()
+  return out
+
+
+# ---------------------------------------------------------------------------- Keras
+
+def _keras(name: str, config: PeersConfig) -> dict[str, Any]:
+  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  import keras
+  if keras.backend.backend() != 'jax':
+    raise RuntimeError(f'Keras runs on {keras.backend.backend()!r}; set KERAS_BACKEND=jax '
+                       'before anything imports keras')
+  keras.utils.set_random_seed(config.seed)
+  size = config.image_size
+  model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
+      weights=None, input_shape=(size, size, 3), classes=1000)
+  model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+                loss='sparse_categorical_crossentropy', jit_compile=True)
+  out: dict[str, Any] = {'times': {}, 'version': keras.__version__}
+  for kind, batch in workloads(config):
+    images, labels = _data(config, batch)
+    if kind == 'infer':
+      call = lambda: model.predict_on_batch(images)  # noqa: E731
+    else:
+      call = lambda: model.train_on_batch(images, labels)  # noqa: E731
+    out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+                                                    repeats=config.repeats)
+  return out
+
+
+# ---------------------------------------------------------------------------- the run
+
+def run_peers(config: PeersConfig,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Times every model and workload on sepnets and each peer; returns a JSON-ready result."""
+  import torch
+  say = progress or (lambda _: None)
+  rows = []
+  for name in config.models:
+    say(f'{name}: building both models')
+    reference = torch_model(name, config.seed)
+    model = sepnets_model(name, reference, config)  # before PyTorch's train step moves them
+    say(f'{name}: PyTorch')
+    torch_result = _torch(reference, config)
+    say(f'{name}: sepnets ({config.strategy})')
+    mine = _sepnets(model, config)
+    keras_result = None
+    if 'keras' in config.peers:
+      say(f'{name}: Keras')
+      keras_result = _keras(name, config)
+    logits_diff = float(np.max(np.abs(mine['logits'] - torch_result['logits'])))
+    for kind, batch in workloads(config):
+      key = f'{kind}{batch}'
+      row = {'model': name, 'workload': kind, 'batch': batch,
+             'sepnets_s': mine['times'][key], 'torch_s': torch_result['times'][key],
+             'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff}
+      row['ratio_torch'] = row['sepnets_s'] / row['torch_s']
+      if keras_result is not None:
+        row['keras_s'] = keras_result['times'][key]
+        row['ratio_keras'] = row['sepnets_s'] / row['keras_s']
+        row['keras_over_torch'] = row['keras_s'] / row['torch_s']
+      rows.append(row)
+    del reference, model
+  meta = run_metadata()
+  meta['versions']['torch'] = torch.__version__
+  meta['torch_threads'] = torch.get_num_threads()
+  return {'config': dataclasses.asdict(config), 'dtype': 'float32', 'metadata': meta,
+          'rows': rows}
+
+
+def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
+  """The result as a Markdown table (times in ms) with the ratios."""
+  cfg, meta = result['config'], result['metadata']
+  keras = any('keras_s' in r for r in result['rows'])
+  lines = [f"# sepnets vs PyTorch{' and Keras (JAX)' if keras else ''}: {cfg['image_size']}x"
+           f"{cfg['image_size']}, fp32", '',
+           f"{meta['backend']} ({meta['cpu_count']} cores, torch threads "
+           f"{meta.get('torch_threads')}); jax {meta['versions'].get('jax')}, torch "
+           f"{meta['versions'].get('torch')}; glibc malloc {meta.get('malloc', 'default')} "
+           f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy `{cfg['strategy']}`; "
+           f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls. Ratio = sepnets / "
+           'peer (below 1: sepnets faster).', '']
+  if command:
+    lines += [f'Command: `{command}`', '']
+  header = ['model', 'workload', 'sepnets ms', 'PyTorch ms', 'sepnets / PyTorch']
+  if keras:
+    header += ['Keras ms', 'sepnets / Keras', 'Keras / PyTorch']
+  header += ['sepnets compile s']
+  lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for r in result['rows']:
+    cells = [r['model'], f"{'inference' if r['workload'] == 'infer' else 'train step'}, "
+             f"batch {r['batch']}", f"{r['sepnets_s'] * 1e3:.1f}", f"{r['torch_s'] * 1e3:.1f}",
+             f"**{r['ratio_torch']:.2f}**"]
+    if keras:
+      cells += [f"{r['keras_s'] * 1e3:.1f}", f"{r['ratio_keras']:.2f}",
+                f"{r['keras_over_torch']:.2f}"] if 'keras_s' in r else ['-'] * 3
+    cells.append(f"{r['compile_s']:.1f}")
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  above = [f"{r['model']} {r['workload']} b{r['batch']} ({r['ratio_torch']:.2f})"
+           for r in result['rows'] if r['ratio_torch'] > 1.0]
+  lines += ['', 'Still slower than PyTorch: ' + (', '.join(above) if above else 'none') + '.',
+            'Largest |logit| difference sepnets vs PyTorch (same weights, eval): '
+            + ', '.join(f"{m} {d:.1e}" for m, d in
+                        dict((r['model'], r['max_logit_diff']) for r in result['rows']).items())
+            + '.']
+  return '\n'.join(lines) + '\n'
