@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sepnets.runtime import malloc_state, tune_malloc  # noqa: E402
 
 tune_malloc()  # for every library in this process alike; SEPNETS_MALLOC=default opts out
-from sepnets.compile.peers import MODELS, PEERS, PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.compile.peers import (MODELS, PEERS, PeersConfig, format_markdown,  # noqa: E402
+                                   run_peers)
 from sepnets.files import atomic_write_text  # noqa: E402
 
 

@@ -62,6 +62,8 @@ class PeersConfig:
       raise ValueError(f'image_size must be at least 32, got {self.image_size}')
     if self.repeats < 1 or self.warmup < 0:
       raise ValueError('repeats must be >= 1 and warmup >= 0')
+    if not self.infer_batches:
+      raise ValueError('give at least one inference batch size (the logits are compared there)')
     if any(b < 1 for b in self.infer_batches) or self.train_batch < 0:
       raise ValueError('batch sizes must be positive (train_batch 0 skips the train step)')
 
@@ -258,7 +260,8 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"{meta['backend']} ({meta['cpu_count']} cores, torch threads "
            f"{meta.get('torch_threads')}); jax {meta['versions'].get('jax')}, torch "
            f"{meta['versions'].get('torch')}; glibc malloc {meta.get('malloc', 'default')} "
-           f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy `{cfg['strategy']}`; "
+           f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
+           f"`{cfg['strategy']}`; "
            f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls. Ratio = sepnets / "
            'peer (below 1: sepnets faster).', '']
   if command:

@@ -55,8 +55,8 @@ def ptq_per_channel(model: nnx.Module, calibration: jax.Array) -> nnx.Module:
   traces with: each range is the mean over the batch of the per-example min/max (ours: the
   min/max over all calibration data). BatchNorm stays a float op after the conv."""
   qwix = _qwix()
-  return qwix.quantize_model(_plain_convs(model), qwix.PtqProvider([_rule(qwix, qwix.QuantizationRule)]),
-                             jnp.asarray(calibration))
+  provider = qwix.PtqProvider([_rule(qwix, qwix.QuantizationRule)])
+  return qwix.quantize_model(_plain_convs(model), provider, jnp.asarray(calibration))
 
 
 def fake_quant_per_tensor(model: nnx.Module, calibration: Sequence[jax.Array]) -> nnx.Module:

@@ -32,6 +32,7 @@ def test_peers_measures_identical_models_side_by_side():
     (dict(peers=('mxnet',)), 'unknown peer'),
     (dict(image_size=16), 'at least 32'),
     (dict(infer_batches=(0,)), 'positive'),
+    (dict(infer_batches=()), 'at least one inference batch'),
 ])
 def test_bad_peers_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
