@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ import optax
 from flax import nnx
 
 from sepnets.compile.metadata import run_metadata
+from sepnets.compile.timing import time_call
 from sepnets.registry import create_model
 from sepnets.train.steps import make_eval_step, make_train_step
 
@@ -68,16 +68,8 @@ class PeersConfig:
       raise ValueError('batch sizes must be positive (train_batch 0 skips the train step)')
 
 
-def median_seconds(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float:
-  """Median wall time of `fn()`, which must return only once its work is done."""
-  for _ in range(warmup):
-    fn()
-  samples = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    samples.append(time.perf_counter() - start)
-  return statistics.median(samples)
+def _median(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float:
+  return time_call(fn, warmup=warmup, repeats=repeats).median_s
 
 
 def workloads(config: PeersConfig) -> list[tuple[str, int]]:
@@ -112,7 +104,7 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
     if kind == 'infer':
       step = jax.jit(make_eval_step(graphdef)).lower(state, x).compile()
       out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
-      out['times'][f'{kind}{batch}'] = median_seconds(
+      out['times'][f'{kind}{batch}'] = _median(
           lambda: jax.block_until_ready(step(state, x)), warmup=config.warmup,
           repeats=config.repeats)
       if batch == config.infer_batches[0]:
@@ -133,7 +125,7 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
       carry[:] = [params, rest, opt_state]
       jax.block_until_ready(loss)
 
-    out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+    out['times'][f'{kind}{batch}'] = _median(call, warmup=config.warmup,
                                                     repeats=config.repeats)
   return out
 
@@ -163,7 +155,7 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
         with torch.inference_mode():
           return model(x)
 
-      out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+      out['times'][f'{kind}{batch}'] = _median(call, warmup=config.warmup,
                                                       repeats=config.repeats)
       if batch == config.infer_batches[0]:
         out['logits'] = call().numpy()
@@ -179,7 +171,7 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
       optimizer.step()
       return loss.item()
 
-    out['times'][f'{kind}{batch}'] = median_seconds(step, warmup=config.warmup,
+    out['times'][f'{kind}{batch}'] = _median(step, warmup=config.warmup,
                                                     repeats=config.repeats)
     model.eval()
   return out
@@ -206,7 +198,7 @@ def _keras(name: str, config: PeersConfig) -> dict[str, Any]:
       call = lambda: model.predict_on_batch(images)  # noqa: E731
     else:
       call = lambda: model.train_on_batch(images, labels)  # noqa: E731
-    out['times'][f'{kind}{batch}'] = median_seconds(call, warmup=config.warmup,
+    out['times'][f'{kind}{batch}'] = _median(call, warmup=config.warmup,
                                                     repeats=config.repeats)
   return out
 

@@ -18,15 +18,20 @@ class Timing:
   repeats: int
 
 
-def time_compiled(fn: Callable[..., Any], *args: Any, warmup: int = 2, repeats: int = 10) -> Timing:
-  """Times `fn(*args)` (already compiled or jitted) until its outputs are ready."""
+def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> Timing:
+  """Times `fn()`, which must return only once its work is done (any library's)."""
   if repeats < 1:
     raise ValueError(f'repeats must be >= 1, got {repeats}')
   for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
+    fn()
   samples = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    fn()
     samples.append(time.perf_counter() - start)
   return Timing(median_s=statistics.median(samples), min_s=min(samples), repeats=repeats)
+
+
+def time_compiled(fn: Callable[..., Any], *args: Any, warmup: int = 2, repeats: int = 10) -> Timing:
+  """Times `fn(*args)` (already compiled or jitted) until its outputs are ready."""
+  return time_call(lambda: jax.block_until_ready(fn(*args)), warmup=warmup, repeats=repeats)
