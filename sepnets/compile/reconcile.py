@@ -126,19 +126,28 @@ def _by_shape(conv: ConvOp, layer_rows: Sequence[LayerCost],
   return path
 
 
-def _dot_by_shape(dot: DotOp, layer_rows: Sequence[LayerCost]) -> tuple[str | None, bool]:
-  """(layer, is-backward) of a dot without source metadata (XLA:CPU drops it on some), from
-  shapes: the forward writes the layer's output from its input, the backward writes the
-  input's gradient or the kernel's."""
+def _dot_by_shape(dot: DotOp, layer_rows: Sequence[LayerCost],
+                  used: collections.Counter[str]) -> tuple[str | None, bool]:
+  """(layer, is-backward) of a dot without source metadata (XLA:CPU drops it on dots with one
+  row, e.g. at batch 1), from shapes: the forward writes the layer's output from its input,
+  the backward writes the input's gradient or the kernel's. Linear layers and pointwise convs
+  (compiled as dots on CPU) are candidates; among equal ones the least-used is taken."""
+  forward, backward = [], []
   for row in layer_rows:
-    if row.kind != 'linear':
+    if row.kind not in ('linear', 'pointwise'):
       continue
     n_in, n_out = row.in_shape[-1], row.out_shape[-1]
-    if sorted(dot.out) == sorted(row.out_shape) and math.prod(dot.lhs) == math.prod(row.in_shape):
-      return row.path, False
-    if sorted(dot.out) == sorted(row.in_shape) or sorted(dot.out) == sorted((n_in, n_out)):
-      return row.path, True
-  return None, False
+    if (math.prod(dot.out) == math.prod(row.out_shape)
+        and math.prod(dot.lhs) == math.prod(row.in_shape)):
+      forward.append(row.path)
+    elif math.prod(dot.out) == math.prod(row.in_shape) or sorted(dot.out) == sorted((n_in, n_out)):
+      backward.append(row.path)
+  candidates = forward or backward
+  if not candidates:
+    return None, False
+  path = min(candidates, key=lambda p: used[p])
+  used[path] += 1
+  return path, not forward
 
 
 def reconcile(cost: HloCost, layer_rows: Sequence[LayerCost],
@@ -155,7 +164,7 @@ def reconcile(cost: HloCost, layer_rows: Sequence[LayerCost],
     if path is None and op.name in convs:
       path, backward = _by_shape(convs[op.name], layer_rows, fallback), True
     elif path is None and op.name in dots and not op.op_name:
-      path, backward = _dot_by_shape(dots[op.name], layer_rows)
+      path, backward = _dot_by_shape(dots[op.name], layer_rows, fallback)
     if path is None:
       if op.flops:
         outside[op.opcode] += op.flops

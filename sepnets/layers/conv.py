@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.depthwise import get_strategy
+from sepnets.layers.pointwise import get_impl
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
 
@@ -136,9 +137,16 @@ class DepthwiseConv(_Conv2d):
 
 
 class PointwiseConv(_Conv2d):
-  """A 1 x 1 convolution mixing channels: C_in*C_out weights."""
+  """A 1 x 1 convolution mixing channels: C_in*C_out weights.
+
+  Args:
+    impl: implementation (`pointwise.IMPLS`): 'auto' contracts channels with a dot on CPU,
+      where XLA's 1x1 convolution is slow; the parameter tree does not depend on it.
+  """
 
   def __init__(self, in_chs: int, out_chs: int, *, stride: int | tuple[int, int] = 1,
-               use_bias: bool = False, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               use_bias: bool = False, impl: str = 'auto', dtype=None,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(in_chs, out_chs, 1, stride=stride, padding='valid', use_bias=use_bias,
-                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                     conv_fn=get_impl(impl), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.impl = impl

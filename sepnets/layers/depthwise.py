@@ -18,14 +18,13 @@ input dilation, batch groups) computes it with the reference, so it is always a 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import resolve_pads
+from sepnets.layers.helpers import platform_dispatch, resolve_pads
 
 ConvFn = Callable[..., jax.Array]
 
@@ -108,15 +107,14 @@ def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
          feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
          preferred_element_type=None, out_sharding=None) -> jax.Array:
   """The measured-fastest strategy for the platform being lowered for (AUTO_CHOICE)."""
-  kwargs = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
-                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-                precision=precision, preferred_element_type=preferred_element_type,
-                out_sharding=out_sharding)
-  branches = {platform: functools.partial(STRATEGIES[name], **kwargs)
-              for platform, name in AUTO_CHOICE.items()}
-  return lax.platform_dependent(lhs, rhs, default=functools.partial(grouped, **kwargs), **branches)
-
+  return platform_dispatch({platform: STRATEGIES[name] for platform, name in AUTO_CHOICE.items()},
+                           grouped, lhs, rhs, window_strides=window_strides, padding=padding,
+                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                           dimension_numbers=dimension_numbers,
+                           feature_group_count=feature_group_count,
+                           batch_group_count=batch_group_count, precision=precision,
+                           preferred_element_type=preferred_element_type,
+                           out_sharding=out_sharding)
 
 STRATEGIES: dict[str, ConvFn] = {'grouped': grouped, 'shift': shift, 'auto': auto}
 

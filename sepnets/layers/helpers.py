@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 from jax import lax
 
@@ -64,3 +65,11 @@ def conv_out_size(size: int, kernel: int, stride: int, dilation: int,
   """Output length of one spatial dim of a convolution."""
   eff = (kernel - 1) * dilation + 1
   return (size + pads[0] + pads[1] - eff) // stride + 1
+
+
+def platform_dispatch(choices: Mapping[str, Callable], default: Callable, lhs, rhs, **kwargs):
+  """`choices[platform](lhs, rhs, **kwargs)` for the platform being lowered for, else
+  `default(...)`: chosen at lowering time by `lax.platform_dependent`, so ahead-of-time
+  lowering for a TPU or GPU on a CPU host still gets the accelerator's choice."""
+  branches = {platform: functools.partial(fn, **kwargs) for platform, fn in choices.items()}
+  return lax.platform_dependent(lhs, rhs, default=functools.partial(default, **kwargs), **branches)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sepnets.layers.conv import DepthwiseConv
+from sepnets.layers.conv import _Conv2d
 
 QWIX_VERSION = '0.1.8'  # the version evaluated; pinned by the `quant` extra
 
@@ -33,12 +33,12 @@ def _qwix():
 
 
 def _plain_convs(model: nnx.Module) -> nnx.Module:
-  """A copy of `model` whose depthwise convs call jax.lax.conv_general_dilated, the op qwix
-  intercepts (the `shift` and `auto` depthwise strategies never call it, so qwix would leave
-  those layers float)."""
+  """A copy of `model` whose convs all call jax.lax.conv_general_dilated, the op qwix
+  intercepts (on CPU the `shift` and `auto` depthwise strategies and the `auto` pointwise
+  implementation never call it, so qwix would leave those layers float)."""
   model = nnx.clone(model)
   for _, node in nnx.iter_graph(model):
-    if isinstance(node, DepthwiseConv):
+    if isinstance(node, _Conv2d):
       node.conv_general_dilated = jax.lax.conv_general_dilated
   return model
 

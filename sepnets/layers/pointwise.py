@@ -1,0 +1,109 @@
+"""Pointwise (1x1) convolution implementations.
+
+Each has `lax.conv_general_dilated`'s signature and is passed to `nnx.Conv`, like the depthwise
+strategies, so the parameter tree (a (1, 1, C_in, C_out) HWIO kernel) does not depend on it.
+
+- `conv`: XLA's convolution, the reference.
+- `dot`: the channel contraction as a `dot_general` over the last axis (strided 1x1 convs slice
+  first). On XLA:CPU a 1x1 `convolution` and, above all, its weight gradient (a contraction
+  over N*H*W) run far below the matmul kernels a `dot` gets: measured on 2 cores at batch 32,
+  mobilenet_v2's 16->96 expansion at 112x112 took 75.7 ms for the weight gradient as a
+  convolution and 5.4 ms as a dot (`benchmarks/peers.py` shows the whole-model effect).
+- `auto`: `dot` on CPU, `conv` elsewhere (chosen per platform at lowering time).
+
+A convolution `dot` does not implement (not 1x1, grouped, padded, dilated input, not NHWC)
+is computed with the reference, so it is always a drop-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+from jax import lax
+
+from sepnets.layers.helpers import platform_dispatch, resolve_pads
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+AUTO_CHOICE = {'cpu': 'dot'}
+"""Per-platform choice of `auto`; platforms not listed use `conv`."""
+
+
+def conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
+         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+         preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """XLA's convolution (the reference implementation)."""
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+
+
+def _is_plain_pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count, out_sharding) -> bool:
+  if lhs.ndim != 4 or rhs.ndim != 4 or rhs.shape[:2] != (1, 1) or out_sharding is not None:
+    return False
+  if feature_group_count != 1 or batch_group_count != 1:
+    return False
+  if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+    return False
+  if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC:
+    return False
+  pads = resolve_pads(padding, lhs.shape[1:3], (1, 1), window_strides, (1, 1))
+  return all(p == (0, 0) for p in pads)
+
+
+def dot(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+        padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+        rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
+        feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+        preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """A 1x1 convolution as a contraction of the channel axis with the (C_in, C_out) kernel."""
+  if not _is_plain_pointwise(lhs, rhs, window_strides, padding, lhs_dilation,
+                             dimension_numbers, feature_group_count, batch_group_count,
+                             out_sharding):
+    return conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                dimension_numbers, feature_group_count, batch_group_count, precision,
+                preferred_element_type, out_sharding)
+  sh, sw = window_strides
+  if (sh, sw) != (1, 1):
+    lhs = lhs[:, ::sh, ::sw, :]
+  n, h, w, c = lhs.shape
+  # a rank-2 (N*H*W, C_in) x (C_in, C_out) product: XLA:CPU hands it and both of its gradients
+  # to its matmul kernels; with the rank-4 operand it transposes the weight gradient's inputs
+  # and runs a slower dot (measured: 52.6 vs 11.9 ms forward + backward for 16->96 at 112x112)
+  out = lax.dot_general(lhs.reshape(n * h * w, c), rhs[0, 0], (((1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  return out.reshape(n, h, w, rhs.shape[3])
+
+
+def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
+         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+         preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """The measured-fastest implementation for the platform being lowered for (AUTO_CHOICE)."""
+  return platform_dispatch({platform: IMPLS[name] for platform, name in AUTO_CHOICE.items()},
+                           conv, lhs, rhs, window_strides=window_strides, padding=padding,
+                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                           dimension_numbers=dimension_numbers,
+                           feature_group_count=feature_group_count,
+                           batch_group_count=batch_group_count, precision=precision,
+                           preferred_element_type=preferred_element_type,
+                           out_sharding=out_sharding)
+
+
+IMPLS: dict[str, Callable[..., jax.Array]] = {'conv': conv, 'dot': dot, 'auto': auto}
+
+
+def get_impl(name: str) -> Callable[..., jax.Array]:
+  """Pointwise implementation by name; unknown names raise listing the valid ones."""
+  try:
+    return IMPLS[name]
+  except (KeyError, TypeError):
+    raise ValueError(f'unknown pointwise implementation {name!r}; expected one of '
+                     f'{sorted(IMPLS)}') from None
