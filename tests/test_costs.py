@@ -116,7 +116,7 @@ def _bare_conv(kind, in_shape, k, out_chs, s, p, m, d):
     return DepthwiseConv(c, k, multiplier=m, stride=s, dilation=d, padding=p, strategy='grouped', rngs=nnx.Rngs(0))
   if kind == 'pointwise':
     return PointwiseConv(c, out_chs, rngs=nnx.Rngs(0))
-  return StandardConv(c, out_chs, k, stride=s, dilation=d, padding=p, rngs=nnx.Rngs(0))
+  return StandardConv(c, out_chs, k, stride=s, dilation=d, padding=p, impl='conv', rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize('kind,in_shape,k,out_chs,s,p,m,d', XLA_CASES)
@@ -142,6 +142,17 @@ def test_broken_tap_count_is_caught():
   stats = compile_stats(lambda state, x: nnx.merge(graphdef, state)(x), state,
                         jax.ShapeDtypeStruct((2, 9, 9, 8), jnp.float32))
   assert stats.flops != 2 * row.macs
+
+
+def test_im2col_counts_every_tap():
+  """The dense conv as one dot over the K*K windows multiplies the padding taps too."""
+  shape = (2, 9, 9, 3)
+  layer = abstract(lambda: StandardConv(3, 8, 3, stride=2, impl='im2col', rngs=nnx.Rngs(0)))
+  (row,) = costs.layer_costs(layer, shape)
+  graphdef, state = nnx.split(layer)
+  stats = compile_stats(lambda state, x: nnx.merge(graphdef, state)(x), state,
+                        jax.ShapeDtypeStruct(shape, jnp.float32))
+  assert row.macs > row.macs_valid and stats.flops == 2 * row.macs
 
 
 def test_layer_costs_respect_compute_dtype():

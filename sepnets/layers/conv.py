@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.depthwise import get_strategy
-from sepnets.layers.pointwise import get_impl
+from sepnets.layers import dense, pointwise
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
 
@@ -33,6 +33,13 @@ def conv_kernel_init(groups: int = 1) -> nnx.Initializer:
     return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_out)
 
   return init
+
+
+def companion_impl(strategy: str) -> str:
+  """The pointwise and dense implementation that goes with a model's depthwise strategy:
+  'grouped', XLA's reference, keeps every conv an XLA convolution (what the compiler-level
+  analyses count against the analytic MACs); any other strategy takes 'auto'."""
+  return 'conv' if strategy == 'grouped' else 'auto'
 
 
 class _Conv2d(nnx.Conv):
@@ -96,15 +103,22 @@ class _Conv2d(nnx.Conv):
 
 
 class StandardConv(_Conv2d):
-  """A dense (or grouped) K x K convolution: K*K*C_in/groups*C_out weights."""
+  """A dense (or grouped) K x K convolution: K*K*C_in/groups*C_out weights.
+
+  Args:
+    impl: implementation (`dense.IMPLS`): 'auto' runs image stems (few input channels) on
+      CPU as one dot over the concatenated windows; the parameter tree does not depend on it.
+  """
 
   def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 3, *,
                stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1,
-               groups: int = 1, padding: str = 'same', use_bias: bool = False, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               groups: int = 1, padding: str = 'same', use_bias: bool = False,
+               impl: str = 'auto', dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation,
-                     groups=groups, padding=padding, use_bias=use_bias, dtype=dtype,
-                     param_dtype=param_dtype, rngs=rngs)
+                     groups=groups, padding=padding, use_bias=use_bias,
+                     conv_fn=dense.get_impl(impl), dtype=dtype, param_dtype=param_dtype,
+                     rngs=rngs)
+    self.impl = impl
 
 
 class DepthwiseConv(_Conv2d):
@@ -148,5 +162,5 @@ class PointwiseConv(_Conv2d):
                use_bias: bool = False, impl: str = 'auto', dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(in_chs, out_chs, 1, stride=stride, padding='valid', use_bias=use_bias,
-                     conv_fn=get_impl(impl), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                     conv_fn=pointwise.get_impl(impl), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.impl = impl

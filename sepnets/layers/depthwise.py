@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import platform_dispatch, resolve_pads
+from sepnets.layers.helpers import lookup, platform_dispatch, resolve_pads
 
 ConvFn = Callable[..., jax.Array]
 
@@ -121,7 +121,4 @@ STRATEGIES: dict[str, ConvFn] = {'grouped': grouped, 'shift': shift, 'auto': aut
 
 def get_strategy(name: str) -> ConvFn:
   """Strategy function by name; unknown names raise listing the valid ones."""
-  try:
-    return STRATEGIES[name]
-  except (KeyError, TypeError):
-    raise ValueError(f'unknown depthwise strategy {name!r}; expected one of {sorted(STRATEGIES)}') from None
+  return lookup(STRATEGIES, name, 'depthwise strategy')

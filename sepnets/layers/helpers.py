@@ -73,3 +73,11 @@ def platform_dispatch(choices: Mapping[str, Callable], default: Callable, lhs, r
   lowering for a TPU or GPU on a CPU host still gets the accelerator's choice."""
   branches = {platform: functools.partial(fn, **kwargs) for platform, fn in choices.items()}
   return lax.platform_dependent(lhs, rhs, default=functools.partial(default, **kwargs), **branches)
+
+
+def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:
+  """`table[name]`; an unknown name raises a ValueError listing the valid ones."""
+  try:
+    return table[name]
+  except (KeyError, TypeError):
+    raise ValueError(f'unknown {what} {name!r}; expected one of {sorted(table)}') from None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.activations import get_act
-from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv
+from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv, companion_impl
 
 
 def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
@@ -26,7 +26,8 @@ class ConvNormAct(nnx.Module):
   Args:
     act: activation name (`activations.ACTIVATIONS`) or None for none.
     norm: False drops the BatchNorm and gives the conv a bias instead.
-    strategy: depthwise strategy, used only when the conv is depthwise.
+    strategy: depthwise strategy; 'grouped' also keeps a pointwise or dense conv XLA's own
+      (`conv.companion_impl`).
   """
 
   def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 3, *,
@@ -39,10 +40,12 @@ class ConvNormAct(nnx.Module):
       self.conv = DepthwiseConv(in_chs, kernel_size, multiplier=out_chs // in_chs, stride=stride,
                                 dilation=dilation, padding=padding, strategy=strategy, **common)
     elif kernel_size in (1, (1, 1)) and groups == 1 and dilation in (1, (1, 1)):
-      self.conv = PointwiseConv(in_chs, out_chs, stride=stride, **common)
+      self.conv = PointwiseConv(in_chs, out_chs, stride=stride,
+                                impl=companion_impl(strategy), **common)
     else:
       self.conv = StandardConv(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation,
-                               groups=groups, padding=padding, **common)
+                               groups=groups, padding=padding,
+                               impl=companion_impl(strategy), **common)
     self.bn = batch_norm(out_chs, momentum=bn_momentum, eps=bn_eps, dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs) if norm else None
     self.act_name = act

@@ -6,9 +6,8 @@ strategies, so the parameter tree (a (1, 1, C_in, C_out) HWIO kernel) does not d
 - `conv`: XLA's convolution, the reference.
 - `dot`: the channel contraction as a `dot_general` over the last axis (strided 1x1 convs slice
   first). On XLA:CPU a 1x1 `convolution` and, above all, its weight gradient (a contraction
-  over N*H*W) run far below the matmul kernels a `dot` gets: measured on 2 cores at batch 32,
-  mobilenet_v2's 16->96 expansion at 112x112 took 75.7 ms for the weight gradient as a
-  convolution and 5.4 ms as a dot (`benchmarks/peers.py` shows the whole-model effect).
+  over N*H*W) run far below the matmul kernels a `dot` gets (`benchmarks/peers.py` shows the
+  whole-model effect).
 - `auto`: `dot` on CPU, `conv` elsewhere (chosen per platform at lowering time).
 
 A convolution `dot` does not implement (not 1x1, grouped, padded, dilated input, not NHWC)
@@ -22,7 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 from jax import lax
 
-from sepnets.layers.helpers import platform_dispatch, resolve_pads
+from sepnets.layers.helpers import lookup, platform_dispatch, resolve_pads
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
@@ -72,13 +71,21 @@ def dot(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   sh, sw = window_strides
   if (sh, sw) != (1, 1):
     lhs = lhs[:, ::sh, ::sw, :]
-  n, h, w, c = lhs.shape
-  # a rank-2 (N*H*W, C_in) x (C_in, C_out) product: XLA:CPU hands it and both of its gradients
-  # to its matmul kernels; with the rank-4 operand it transposes the weight gradient's inputs
-  # and runs a slower dot (measured: 52.6 vs 11.9 ms forward + backward for 16->96 at 112x112)
-  out = lax.dot_general(lhs.reshape(n * h * w, c), rhs[0, 0], (((1,), (0,)), ((), ())),
+  return channel_matmul(lhs, rhs[0, 0], precision, preferred_element_type)
+
+
+def channel_matmul(x: jax.Array, kernel: jax.Array, precision=None,
+                   preferred_element_type=None) -> jax.Array:
+  """(N, H, W, C_in) x (C_in, C_out) -> (N, H, W, C_out) as one rank-2 product.
+
+  XLA:CPU hands a rank-2 (N*H*W, C_in) product and both of its gradients to its matmul
+  kernels; with the rank-4 operand it transposes the weight gradient's inputs and runs a
+  slower, non-library dot.
+  """
+  n, h, w, c = x.shape
+  out = lax.dot_general(x.reshape(n * h * w, c), kernel, (((1,), (0,)), ((), ())),
                         precision=precision, preferred_element_type=preferred_element_type)
-  return out.reshape(n, h, w, rhs.shape[3])
+  return out.reshape(n, h, w, kernel.shape[1])
 
 
 def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -102,8 +109,4 @@ IMPLS: dict[str, Callable[..., jax.Array]] = {'conv': conv, 'dot': dot, 'auto': 
 
 def get_impl(name: str) -> Callable[..., jax.Array]:
   """Pointwise implementation by name; unknown names raise listing the valid ones."""
-  try:
-    return IMPLS[name]
-  except (KeyError, TypeError):
-    raise ValueError(f'unknown pointwise implementation {name!r}; expected one of '
-                     f'{sorted(IMPLS)}') from None
+  return lookup(IMPLS, name, 'pointwise implementation')

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.activations import get_act
-from sepnets.layers.conv import DepthwiseConv, PointwiseConv
+from sepnets.layers.conv import DepthwiseConv, PointwiseConv, companion_impl
 from sepnets.layers.norm_act import batch_norm
 
 
@@ -22,7 +22,8 @@ class SeparableConv(nnx.Module):
     multiplier: depthwise channel multiplier m; the pointwise conv sees C_in*m channels.
     mid_norm: BatchNorm between the two convs.
     mid_act: activation between the two convs (None for none).
-    strategy: depthwise strategy (`depthwise.STRATEGIES`).
+    strategy: depthwise strategy (`depthwise.STRATEGIES`); 'grouped' also keeps the pointwise
+      conv XLA's own (`conv.companion_impl`).
   """
 
   def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 3, *,
@@ -36,7 +37,8 @@ class SeparableConv(nnx.Module):
                             use_bias=use_bias, **common)
     self.norm = batch_norm(in_chs * multiplier, **common) if mid_norm else None
     self.act = get_act(mid_act)
-    self.pw = PointwiseConv(in_chs * multiplier, out_chs, use_bias=use_bias, **common)
+    self.pw = PointwiseConv(in_chs * multiplier, out_chs, use_bias=use_bias,
+                            impl=companion_impl(strategy), **common)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.dw(x)

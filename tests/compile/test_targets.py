@@ -77,8 +77,8 @@ EXACT_CASES = [  # realistic shapes (abstract: nothing is allocated or run)
     (lambda: DepthwiseConv(256, 3, strategy='grouped', rngs=nnx.Rngs(0)), (8, 56, 56, 256)),
     (lambda: DepthwiseConv(144, 3, stride=2, strategy='grouped', rngs=nnx.Rngs(0)), (8, 56, 56, 144)),
     (lambda: DepthwiseConv(128, 5, strategy='grouped', rngs=nnx.Rngs(0)), (8, 28, 28, 128)),
-    (lambda: StandardConv(64, 64, 3, padding='symmetric', rngs=nnx.Rngs(0)), (8, 28, 28, 64)),
-    (lambda: StandardConv(3, 32, 3, stride=2, rngs=nnx.Rngs(0)), (8, 224, 224, 3)),
+    (lambda: StandardConv(64, 64, 3, padding='symmetric', impl='conv', rngs=nnx.Rngs(0)), (8, 28, 28, 64)),
+    (lambda: StandardConv(3, 32, 3, stride=2, impl='conv', rngs=nnx.Rngs(0)), (8, 224, 224, 3)),
     (lambda: PointwiseConv(256, 256, rngs=nnx.Rngs(0)), (8, 56, 56, 256)),
 ]
 
