@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_dispatch, resolve_pads
+from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
 from sepnets.layers.pointwise import channel_matmul, conv
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
@@ -75,20 +75,9 @@ def _cpu_choice(lhs, rhs, *args, **kwargs):
   return impl(lhs, rhs, *args, **kwargs)
 
 
-def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
-         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-         preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """`im2col` on CPU for few input channels, else the reference (see the module docstring)."""
-  return platform_dispatch({'cpu': _cpu_choice}, conv, lhs, rhs,
-                           window_strides=window_strides, padding=padding,
-                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                           dimension_numbers=dimension_numbers,
-                           feature_group_count=feature_group_count,
-                           batch_group_count=batch_group_count, precision=precision,
-                           preferred_element_type=preferred_element_type,
-                           out_sharding=out_sharding)
+auto = platform_auto(
+    lambda: {'cpu': _cpu_choice}, conv,
+    '`im2col` on CPU for few input channels, else the reference (see the module docstring).')
 
 
 IMPLS: dict[str, Callable[..., jax.Array]] = {'conv': conv, 'im2col': im2col, 'auto': auto}

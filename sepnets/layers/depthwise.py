@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_dispatch, resolve_pads
+from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
 
 ConvFn = Callable[..., jax.Array]
 
@@ -101,20 +101,9 @@ def shift(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   return acc.astype(out_dtype)
 
 
-def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
-         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-         preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """The measured-fastest strategy for the platform being lowered for (AUTO_CHOICE)."""
-  return platform_dispatch({platform: STRATEGIES[name] for platform, name in AUTO_CHOICE.items()},
-                           grouped, lhs, rhs, window_strides=window_strides, padding=padding,
-                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                           dimension_numbers=dimension_numbers,
-                           feature_group_count=feature_group_count,
-                           batch_group_count=batch_group_count, precision=precision,
-                           preferred_element_type=preferred_element_type,
-                           out_sharding=out_sharding)
+auto = platform_auto(
+    lambda: {platform: STRATEGIES[name] for platform, name in AUTO_CHOICE.items()}, grouped,
+    'The measured-fastest strategy for the platform being lowered for (AUTO_CHOICE).')
 
 STRATEGIES: dict[str, ConvFn] = {'grouped': grouped, 'shift': shift, 'auto': auto}
 

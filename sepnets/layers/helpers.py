@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 from jax import lax
@@ -67,12 +68,25 @@ def conv_out_size(size: int, kernel: int, stride: int, dilation: int,
   return (size + pads[0] + pads[1] - eff) // stride + 1
 
 
-def platform_dispatch(choices: Mapping[str, Callable], default: Callable, lhs, rhs, **kwargs):
-  """`choices[platform](lhs, rhs, **kwargs)` for the platform being lowered for, else
-  `default(...)`: chosen at lowering time by `lax.platform_dependent`, so ahead-of-time
-  lowering for a TPU or GPU on a CPU host still gets the accelerator's choice."""
-  branches = {platform: functools.partial(fn, **kwargs) for platform, fn in choices.items()}
-  return lax.platform_dependent(lhs, rhs, default=functools.partial(default, **kwargs), **branches)
+_CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
+
+
+def platform_auto(choices: Callable[[], Mapping[str, Callable]], default: Callable,
+                  doc: str) -> Callable:
+  """A function with `lax.conv_general_dilated`'s signature that calls `choices()[platform]`
+  (read at each call) for the platform being lowered for, else `default`. The choice is made
+  at lowering time by `lax.platform_dependent`, so ahead-of-time lowering for a TPU or GPU on
+  a CPU host still gets the accelerator's choice."""
+
+  def auto(lhs, rhs, *args, **kwargs):
+    named = _CONV_SIGNATURE.bind(lhs, rhs, *args, **kwargs).arguments
+    named = {k: v for k, v in named.items() if k not in ('lhs', 'rhs')}
+    branches = {platform: functools.partial(fn, **named) for platform, fn in choices().items()}
+    return lax.platform_dependent(lhs, rhs, default=functools.partial(default, **named),
+                                  **branches)
+
+  auto.__doc__ = doc
+  return auto
 
 
 def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:

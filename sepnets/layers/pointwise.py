@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_dispatch, resolve_pads
+from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
@@ -88,20 +88,9 @@ def channel_matmul(x: jax.Array, kernel: jax.Array, precision=None,
   return out.reshape(n, h, w, kernel.shape[1])
 
 
-def auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
-         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-         preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """The measured-fastest implementation for the platform being lowered for (AUTO_CHOICE)."""
-  return platform_dispatch({platform: IMPLS[name] for platform, name in AUTO_CHOICE.items()},
-                           conv, lhs, rhs, window_strides=window_strides, padding=padding,
-                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                           dimension_numbers=dimension_numbers,
-                           feature_group_count=feature_group_count,
-                           batch_group_count=batch_group_count, precision=precision,
-                           preferred_element_type=preferred_element_type,
-                           out_sharding=out_sharding)
+auto = platform_auto(
+    lambda: {platform: IMPLS[name] for platform, name in AUTO_CHOICE.items()}, conv,
+    'The measured-fastest implementation for the platform being lowered for (AUTO_CHOICE).')
 
 
 IMPLS: dict[str, Callable[..., jax.Array]] = {'conv': conv, 'dot': dot, 'auto': auto}
