@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sepnets.layers.depthwise import get_strategy
 from sepnets.layers import dense, pointwise
+from sepnets.layers.depthwise import get_strategy
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
 
@@ -162,5 +162,6 @@ class PointwiseConv(_Conv2d):
                use_bias: bool = False, impl: str = 'auto', dtype=None,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     super().__init__(in_chs, out_chs, 1, stride=stride, padding='valid', use_bias=use_bias,
-                     conv_fn=pointwise.get_impl(impl), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                     conv_fn=pointwise.get_impl(impl), dtype=dtype, param_dtype=param_dtype,
+                     rngs=rngs)
     self.impl = impl

@@ -21,10 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
+from sepnets.layers.helpers import NHWC, lookup, platform_auto, resolve_pads
 from sepnets.layers.pointwise import channel_matmul, conv
-
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 AUTO_MAX_IN_CHS = 4
 """`auto` uses `im2col` on CPU up to this many input channels (image stems), else `conv`."""
@@ -38,7 +36,7 @@ def _is_plain_dense(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_cou
     return False
   if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
     return False
-  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == NHWC
 
 
 def im2col(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],

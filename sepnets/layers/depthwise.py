@@ -24,11 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
+from sepnets.layers.helpers import NHWC, lookup, platform_auto, resolve_pads
 
 ConvFn = Callable[..., jax.Array]
-
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 AUTO_CHOICE = {'cpu': 'shift'}
 """Per-platform choice of `auto`; platforms not listed use `grouped`."""
@@ -54,7 +52,7 @@ def _is_plain_depthwise(lhs, rhs, lhs_dilation, dimension_numbers, feature_group
   if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
     return False
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  if dn != _NHWC:
+  if dn != NHWC:
     return False
   channels = lhs.shape[3]
   return feature_group_count == channels and rhs.shape[2] == 1 and rhs.shape[3] % channels == 0

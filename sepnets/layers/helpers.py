@@ -70,6 +70,10 @@ def conv_out_size(size: int, kernel: int, stride: int, dilation: int,
 
 _CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
 
+NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                out_spec=(0, 3, 1, 2))
+"""NHWC input, HWIO kernel, NHWC output: the layout the fast implementations handle."""
+
 
 def platform_auto(choices: Callable[[], Mapping[str, Callable]], default: Callable,
                   doc: str) -> Callable:

@@ -21,25 +21,14 @@ from collections.abc import Callable, Sequence
 import jax
 from jax import lax
 
-from sepnets.layers.helpers import lookup, platform_auto, resolve_pads
-
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+from sepnets.layers.helpers import NHWC, lookup, platform_auto, resolve_pads
 
 AUTO_CHOICE = {'cpu': 'dot'}
 """Per-platform choice of `auto`; platforms not listed use `conv`."""
 
 
-def conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
-         padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
-         rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
-         feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-         preferred_element_type=None, out_sharding=None) -> jax.Array:
-  """XLA's convolution (the reference implementation)."""
-  return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+conv = lax.conv_general_dilated
+"""XLA's convolution (the reference implementation)."""
 
 
 def _is_plain_pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dimension_numbers,
@@ -50,7 +39,7 @@ def _is_plain_pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dimensi
     return False
   if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
     return False
-  if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC:
+  if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC:
     return False
   pads = resolve_pads(padding, lhs.shape[1:3], (1, 1), window_strides, (1, 1))
   return all(p == (0, 0) for p in pads)
