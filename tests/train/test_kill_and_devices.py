@@ -8,13 +8,16 @@ its whole contribution to the gradient switches on or off: the gradient is disco
 difference is not rounding-sized any more. The smoke model has 1.6 million activations per
 step; comparing float32 with float64 at step 3, three of them had flipped. Measured here on the smoke model: one step from the same state
 on 1 and 4 devices gives parameters within 1e-7 (relative norm) on most steps and 1e-5..3e-4
-on the steps with a flip. Free-running, the losses agree to 3e-6 for 3 steps and then separate
-(5e-3 at step 4, 1e-1 by step 12), exactly as they do on ONE device when only the order of
-examples inside each batch is permuted. It is not float32 alone: run in float64, 1 and 4
+on the steps with a flip. Free-running, the losses agree to 3e-6 for the first steps and then
+separate (1e-1 by step 12), exactly as they do on ONE device when only the order of examples
+inside each batch is permuted. Where they separate depends on the lowering: with XLA's
+convolutions everywhere at step 4 (5e-3); with the CPU dots for pointwise convs and the stem
+(sepnets.layers.pointwise, .dense) already at step 3 (2.393 vs 2.368, 1e-2), so the free-running
+tests compare the first 2 steps, which still check one full update (the all-reduced gradient). It is not float32 alone: run in float64, 1 and 4
 devices agree to 1e-16 for 5 steps and still differ by 1e-2 at step 10. Training is unstable in
 this sense (Summers & Dinneen 2021, arXiv:2103.04514: one-bit changes lead to different
 models). So the tests check (1) each of 12 data-parallel steps against the one-device step
-from the same state and (2) the free-running trajectories over their first steps.
+from the same state and (2) the free-running trajectories over their first 2 steps.
 """
 
 import json
@@ -151,7 +154,7 @@ print(json.dumps(out))
   out = run_four_devices(script)
   one, four = np.array(out['1']), np.array(out['4'])
   assert len(one) == len(four) == 12
-  np.testing.assert_allclose(four[:3], one[:3], rtol=1e-4)  # measured: 2.7e-6
+  np.testing.assert_allclose(four[:2], one[:2], rtol=1e-4)  # measured: 3e-7
 
 
 def free_port():
@@ -181,7 +184,7 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
   single = [r['loss'] for r in train_records(tmp_path / 'single') if r['split'] == 'train']
   assert len(multi) == len(single) == 12
   # rounding, or a kink flip (measured here: 1.2e-5 at step 3; see the module docstring)
-  np.testing.assert_allclose(multi[:3], single[:3], rtol=1e-4)
+  np.testing.assert_allclose(multi[:2], single[:2], rtol=1e-4)
   assert sorted(os.listdir(tmp_path / 'multi' / 'checkpoints')) == ['12', '8']
 
 
