@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import NHWC, lookup, platform_auto, resolve_pads
+from sepnets.layers.helpers import conv_windows, lookup, plain_nhwc, platform_auto
 
 ConvFn = Callable[..., jax.Array]
 
@@ -47,12 +47,7 @@ def grouped(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
 
 def _is_plain_depthwise(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count,
                         batch_group_count, out_sharding) -> bool:
-  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1 or out_sharding is not None:
-    return False
-  if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
-    return False
-  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  if dn != NHWC:
+  if not plain_nhwc(lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count, out_sharding):
     return False
   channels = lhs.shape[3]
   return feature_group_count == channels and rhs.shape[2] == 1 and rhs.shape[3] % channels == 0
@@ -73,29 +68,16 @@ def shift(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
     return grouped(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                    dimension_numbers, feature_group_count, batch_group_count, precision,
                    preferred_element_type, out_sharding)
-  n, h, w, c = lhs.shape
   kh, kw, _, out_c = rhs.shape
-  multiplier = out_c // c
-  sh, sw = window_strides
-  dh, dw = tuple(rhs_dilation) if rhs_dilation is not None else (1, 1)
-  (plo, phi), (qlo, qhi) = resolve_pads(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+  multiplier = out_c // lhs.shape[3]
   out_dtype = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
-
-  x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (plo, phi, 0), (qlo, qhi, 0), (0, 0, 0)))
-  if multiplier > 1:
-    x = jnp.repeat(x, multiplier, axis=3)  # output channel o reads input channel o // m
-  ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
-  wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
-  taps = rhs[:, :, 0, :].astype(acc_dtype)
+  x = jnp.repeat(lhs, multiplier, axis=3) if multiplier > 1 else lhs  # output o reads input o // m
+  taps = rhs[:, :, 0, :].astype(acc_dtype).reshape(kh * kw, out_c)
   acc = None
-  for i in range(kh):
-    for j in range(kw):
-      window = lax.slice(x, (0, i * dh, j * dw, 0),
-                         (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, out_c),
-                         (1, sh, sw, 1))
-      term = window.astype(acc_dtype) * taps[i, j]
-      acc = term if acc is None else acc + term
+  for window, tap in zip(conv_windows(x, (kh, kw), window_strides, padding, rhs_dilation), taps):
+    term = window.astype(acc_dtype) * tap
+    acc = term if acc is None else acc + term
   return acc.astype(out_dtype)
 
 

@@ -75,6 +75,36 @@ NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
 """NHWC input, HWIO kernel, NHWC output: the layout the fast implementations handle."""
 
 
+def plain_nhwc(lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count,
+               out_sharding) -> bool:
+  """A 2-D NHWC/HWIO convolution without input dilation, batch groups or output sharding:
+  what the depthwise, pointwise and dense implementations take (else they call XLA's)."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1 or out_sharding is not None:
+    return False
+  if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+    return False
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == NHWC
+
+
+def conv_windows(x, kernel_hw: tuple[int, int], strides: Sequence[int],
+                 padding: str | Sequence[tuple[int, int]],
+                 dilation: Sequence[int] | None) -> list:
+  """The KH*KW shifted, strided windows of NHWC `x` zero-padded by `padding`, in (i, j) order:
+  the sum over (i, j) of window (i, j) times tap (i, j) is the convolution's output."""
+  n, h, w, c = x.shape
+  kh, kw = kernel_hw
+  sh, sw = strides
+  dh, dw = tuple(dilation) if dilation is not None else (1, 1)
+  (plo, phi), (qlo, qhi) = resolve_pads(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+  x = lax.pad(x, lax.full((), 0, x.dtype), ((0, 0, 0), (plo, phi, 0), (qlo, qhi, 0), (0, 0, 0)))
+  ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+  wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+  return [lax.slice(x, (0, i * dh, j * dw, 0),
+                    (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+
+
 def platform_auto(choices: Callable[[], Mapping[str, Callable]], default: Callable,
                   doc: str) -> Callable:
   """A function with `lax.conv_general_dilated`'s signature that calls `choices()[platform]`

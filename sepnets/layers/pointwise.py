@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 from jax import lax
 
-from sepnets.layers.helpers import NHWC, lookup, platform_auto, resolve_pads
+from sepnets.layers.helpers import lookup, plain_nhwc, platform_auto, resolve_pads
 
 AUTO_CHOICE = {'cpu': 'dot'}
 """Per-platform choice of `auto`; platforms not listed use `conv`."""
@@ -33,13 +33,9 @@ conv = lax.conv_general_dilated
 
 def _is_plain_pointwise(lhs, rhs, window_strides, padding, lhs_dilation, dimension_numbers,
                         feature_group_count, batch_group_count, out_sharding) -> bool:
-  if lhs.ndim != 4 or rhs.ndim != 4 or rhs.shape[:2] != (1, 1) or out_sharding is not None:
+  if not plain_nhwc(lhs, rhs, lhs_dilation, dimension_numbers, batch_group_count, out_sharding):
     return False
-  if feature_group_count != 1 or batch_group_count != 1:
-    return False
-  if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
-    return False
-  if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC:
+  if feature_group_count != 1 or rhs.shape[:2] != (1, 1):
     return False
   pads = resolve_pads(padding, lhs.shape[1:3], (1, 1), window_strides, (1, 1))
   return all(p == (0, 0) for p in pads)
