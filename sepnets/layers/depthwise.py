@@ -7,7 +7,10 @@ is the same for every strategy and checkpoints move freely between them.
 - `grouped`: XLA's feature_group_count convolution, the reference.
 - `shift`: K*K shifted multiply-adds over the padded input, which XLA fuses into one loop
   (strided slices times per-channel taps). XLA:CPU's grouped convolution is far below what
-  the hardware allows; this formulation is not.
+  the hardware allows; this formulation is not. Its backward is its own (`input_grads`,
+  `tap_grads`: gathered windows, one loop each) rather than autodiff of the slices, which
+  XLA:CPU compiles into K*K materialized windows. Being a `jax.custom_vjp`, it has no
+  forward-mode derivative (`jax.jvp`, `jax.jacfwd`); `grouped` has both.
 - `auto`: `shift` on CPU and `grouped` elsewhere, chosen at lowering time per platform by
   `lax.platform_dependent`, so ahead-of-time lowering for a TPU or GPU on a CPU host still
   gets the accelerator's choice. The CPU choice comes from `sepnets layers`' measurements.
@@ -18,13 +21,15 @@ input dilation, batch groups) computes it with the reference, so it is always a 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import conv_windows, lookup, plain_nhwc, platform_auto
+from sepnets.layers.helpers import (conv_out_size, conv_windows, lookup, plain_nhwc, platform_auto,
+                                    resolve_pads)
 
 ConvFn = Callable[..., jax.Array]
 
@@ -70,15 +75,137 @@ def shift(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                    preferred_element_type, out_sharding)
   kh, kw, _, out_c = rhs.shape
   multiplier = out_c // lhs.shape[3]
-  out_dtype = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
+  out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
   x = jnp.repeat(lhs, multiplier, axis=3) if multiplier > 1 else lhs  # output o reads input o // m
   taps = rhs[:, :, 0, :].astype(acc_dtype).reshape(kh * kw, out_c)
+  padding = padding if isinstance(padding, str) else tuple(tuple(int(p) for p in pair)
+                                                           for pair in padding)
+  geometry = ((kh, kw), tuple(window_strides), padding,
+              None if rhs_dilation is None else tuple(rhs_dilation))
+  return _shift_conv(geometry, out_dtype, x, taps)
+
+
+def _windows_times_taps(geometry, out_dtype, x, taps):
   acc = None
-  for window, tap in zip(conv_windows(x, (kh, kw), window_strides, padding, rhs_dilation), taps):
-    term = window.astype(acc_dtype) * tap
+  for window, tap in zip(conv_windows(x, *geometry), taps):
+    term = window.astype(taps.dtype) * tap
     acc = term if acc is None else acc + term
   return acc.astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _shift_conv(geometry, out_dtype, x, taps):
+  return _windows_times_taps(geometry, out_dtype, x, taps)
+
+
+def _shift_conv_fwd(geometry, out_dtype, x, taps):
+  return _windows_times_taps(geometry, out_dtype, x, taps), (x, taps)
+
+
+def _shift_conv_bwd(geometry, out_dtype, residuals, g):
+  x, taps = residuals
+  return (input_grads(geometry, g, taps, x.shape[1:3]).astype(x.dtype),
+          tap_grads(geometry, x, g).astype(taps.dtype))
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
+
+TAP_GRAD_BLOCK = 8
+"""Output columns summed inside the fused loop of `tap_grads` before the final reduction."""
+
+
+def _column_block(width: int) -> int:
+  if width <= TAP_GRAD_BLOCK:
+    return width
+  return next((b for b in range(TAP_GRAD_BLOCK, TAP_GRAD_BLOCK // 2 - 1, -1) if width % b == 0),
+              TAP_GRAD_BLOCK)
+
+
+def _geometry_pads(geometry, in_hw):
+  (kh, kw), strides, padding, dilation = geometry
+  dilation = dilation or (1, 1)
+  pads = resolve_pads(padding, in_hw, (kh, kw), strides, dilation)
+  outs = tuple(conv_out_size(n, k, s, d, p)
+               for n, k, s, d, p in zip(in_hw, (kh, kw), strides, dilation, pads))
+  return (kh, kw), strides, dilation, pads, outs
+
+
+def _forward_index(out_len, in_len, kernel, stride, dilation, low):
+  """(out_len, kernel) input positions read by each output position and tap; invalid ones
+  (in the zero padding) are clamped into range and flagged False."""
+  pos = jnp.arange(out_len)[:, None] * stride + jnp.arange(kernel)[None, :] * dilation - low
+  return jnp.clip(pos, 0, in_len - 1), (pos >= 0) & (pos < in_len)
+
+
+def _transpose_index(in_len, out_len, kernel, stride, dilation, low):
+  """(in_len, kernel) output positions that each input position and tap contributed to."""
+  num = jnp.arange(in_len)[:, None] + low - jnp.arange(kernel)[None, :] * dilation
+  valid = (num % stride == 0) & (num >= 0) & (num // stride < out_len)
+  return jnp.clip(num // stride, 0, out_len - 1), valid
+
+
+def _gather_windows(src, rows, row_ok, cols, col_ok):
+  """(N, P, Q, K*L, C): src[n, rows[p, k], cols[q, l], c], zero where not row_ok & col_ok."""
+  (p, k), (q, l) = rows.shape, cols.shape
+  index = jnp.stack(jnp.broadcast_arrays(rows[:, None, :, None], cols[None, :, None, :]), -1)
+  windows = lax.gather(
+      src, index.reshape(p, q, k * l, 2),
+      lax.GatherDimensionNumbers(offset_dims=(0, 4), collapsed_slice_dims=(1, 2),
+                                 start_index_map=(1, 2)),
+      slice_sizes=(src.shape[0], 1, 1, src.shape[3]),
+      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  ok = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(1, p, q, k * l, 1)
+  return jnp.where(ok, windows, jnp.zeros((), src.dtype))
+
+
+def input_grads(geometry, g, taps, in_hw):
+  """The gradient of a depthwise convolution's input: the transposed convolution of `g`.
+
+  Autodiff of `shift` adds K*K padded (for stride 2, interleaved) copies of `g` times a tap,
+  and XLA:CPU recomputes `g`'s producers in each; here each input position gathers the
+  K*K output positions it fed (zero where none) from `g`, materialized once.
+  """
+  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, in_hw)
+  rows, row_ok = _transpose_index(in_hw[0], ho, kh, sh, dh, pads[0][0])
+  cols, col_ok = _transpose_index(in_hw[1], wo, kw, sw, dw, pads[1][0])
+  windows = _gather_windows(g, rows, row_ok, cols, col_ok)
+  acc = None
+  for t in range(kh * kw):
+    term = windows[:, :, :, t].astype(taps.dtype) * taps[t]
+    acc = term if acc is None else acc + term
+  return acc
+
+
+def tap_grads(geometry, x: jax.Array, g: jax.Array) -> jax.Array:
+  """The gradient of a depthwise convolution's (K*K, C) taps: for each tap (i, j), the sum over
+  batch and output positions of window (i, j) of `x` times the output gradient `g`.
+
+  Written per tap (what autodiff of `shift` gives), XLA:CPU materializes every window, because
+  the YNNPACK reductions it uses take no slices: K*K windows written and read back. Here one
+  gather builds all K*K windows inside one loop fusion, which multiplies them by `g` and sums
+  blocks of `TAP_GRAD_BLOCK` output columns (zero-padded when the width has no divisor from
+  half to all of that); only this partial, 1/block of the windows' size, is reduced.
+  Accumulates in float32 at least.
+  """
+  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, x.shape[1:3])
+  acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+  n, c = x.shape[0], x.shape[3]
+  block = _column_block(wo)
+  wide = -(-wo // block) * block
+  rows, row_ok = _forward_index(ho, x.shape[1], kh, sh, dh, pads[0][0])
+  cols, col_ok = _forward_index(wide, x.shape[2], kw, sw, dw, pads[1][0])
+  col_ok = col_ok & (jnp.arange(wide) < wo)[:, None]
+  windows = _gather_windows(x, rows, row_ok, cols, col_ok)
+  g = jnp.pad(g, ((0, 0), (0, 0), (0, wide - wo), (0, 0))) if wide > wo else g
+  terms = (windows.astype(acc_dtype) * g.astype(acc_dtype)[:, :, :, None, :]).reshape(
+      n, ho, wide // block, block, kh * kw, c)
+  partial = terms[:, :, :, 0]
+  for k in range(1, block):
+    partial = partial + terms[:, :, :, k]
+  # The second, negligible use of `partial` keeps XLA from fusing the additions above into
+  # the reduction (which would split the loop and materialize the gathered windows).
+  return partial.sum((0, 1, 2)) + 0 * partial[0, 0, 0]
 
 
 auto = platform_auto(
