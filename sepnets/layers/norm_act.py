@@ -5,16 +5,49 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from sepnets.layers.activations import get_act
 from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv, companion_impl
 
 
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` whose training-mode normalization is one multiply-add per element.
+
+  With batch statistics, `x * a + b` with per-channel `a = scale / sqrt(var + eps)` and
+  `b = bias - mean * a` (PyTorch's CPU kernels fold it the same way) replaces
+  `(x - mean) * a + bias`. The backward of the folded form needs only `sum(g)` and
+  `sum(g * x)`, reductions of plain tensors, where the unfolded one also materializes
+  `x - mean` for `sum(g * (x - mean))`. Values agree to rounding. Everything else — running
+  averages, statistics (E[x^2] - E[x]^2 in float32, as `use_fast_variance`), parameters,
+  evaluation mode, masks, named axes — is `nnx.BatchNorm`'s.
+  """
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    running = self.use_running_average if use_running_average is None else use_running_average
+    if (running is not False or mask is not None or self.axis_name is not None
+        or self.scale is None or self.bias is None or not self.use_fast_variance):
+      return super().__call__(x, use_running_average, mask=mask)
+    axes = tuple(a % x.ndim for a in ((self.axis,) if isinstance(self.axis, int) else self.axis))
+    reduce = tuple(i for i in range(x.ndim) if i not in axes)
+    out_dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
+    stats = jnp.promote_types(out_dtype, jnp.float32)
+    xs = x.astype(stats)
+    mean = xs.mean(reduce)
+    var = jnp.maximum(0.0, (xs * xs).mean(reduce) - mean * mean)
+    self.mean[...] = lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+    self.var[...] = lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+    a = self.scale[...].astype(stats) * lax.rsqrt(var + self.epsilon)
+    b = self.bias[...].astype(stats) - mean * a
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    return (xs * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
+
+
 def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.BatchNorm:
+               param_dtype=jnp.float32, rngs: nnx.Rngs) -> BatchNorm:
   """BatchNorm over the channel axis with PyTorch's defaults (momentum 0.1 there = 0.9 here)."""
-  return nnx.BatchNorm(channels, momentum=momentum, epsilon=eps, dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
+  return BatchNorm(channels, momentum=momentum, epsilon=eps, dtype=dtype,
+                   param_dtype=param_dtype, rngs=rngs)
 
 
 class ConvNormAct(nnx.Module):
