@@ -33,10 +33,50 @@ def path_str(path: Sequence[object]) -> str:
   return '.'.join(str(p) for p in path)
 
 
+def _call_owners() -> list[type]:
+  """RECORDED and every subclass of them that defines its own __call__ (e.g. sepnets'
+  BatchNorm): the classes whose __call__ must be wrapped to see every recorded call."""
+  owners, todo = [], list(RECORDED)
+  while todo:
+    cls = todo.pop()
+    if '__call__' in vars(cls) and cls not in owners:
+      owners.append(cls)
+    todo.extend(cls.__subclasses__())
+  return owners
+
+
 @contextlib.contextmanager
-def _record_calls(paths: dict[int, str], calls: list[LayerCall]) -> Iterator[None]:
+def _wrapped_calls(wrap) -> Iterator[None]:
+  """While active, the __call__ of every `_call_owners()` class is `wrap(original)` for the
+  outermost call on a layer; a subclass's call reaching its parent's (super()) is not
+  wrapped twice."""
+  originals = {cls: vars(cls)['__call__'] for cls in _call_owners()}
+  active: set[int] = set()
+
+  def guarded(original):
+    wrapped = wrap(original)
+
+    def call(self, *args, **kwargs):
+      if id(self) in active:
+        return original(self, *args, **kwargs)
+      active.add(id(self))
+      try:
+        return wrapped(self, *args, **kwargs)
+      finally:
+        active.discard(id(self))
+    return call
+
+  try:
+    for cls, original in originals.items():
+      cls.__call__ = guarded(original)
+    yield
+  finally:
+    for cls, original in originals.items():
+      cls.__call__ = original
+
+
+def _record_calls(paths: dict[int, str], calls: list[LayerCall]):
   """Records every call of the RECORDED classes while active (as nnx.tabulate does)."""
-  originals = {cls: cls.__call__ for cls in RECORDED}
 
   def wrap(original):
     def recording_call(self, x, *args, **kwargs):
@@ -47,13 +87,7 @@ def _record_calls(paths: dict[int, str], calls: list[LayerCall]) -> Iterator[Non
       return y
     return recording_call
 
-  try:
-    for cls, original in originals.items():
-      cls.__call__ = wrap(original)
-    yield
-  finally:
-    for cls, original in originals.items():
-      cls.__call__ = original
+  return _wrapped_calls(wrap)
 
 
 def trace_layers(module: nnx.Module, input_shape: Sequence[int],
@@ -92,10 +126,8 @@ def tag_layer_scopes(module: nnx.Module) -> nnx.Module:
   return module
 
 
-@contextlib.contextmanager
-def layer_scopes() -> Iterator[None]:
+def layer_scopes():
   """While active, tagged layers trace inside a named scope of their path."""
-  originals = {cls: cls.__call__ for cls in RECORDED}
 
   def wrap(original):
     def scoped_call(self, *args, **kwargs):
@@ -106,13 +138,7 @@ def layer_scopes() -> Iterator[None]:
         return original(self, *args, **kwargs)
     return scoped_call
 
-  try:
-    for cls, original in originals.items():
-      cls.__call__ = wrap(original)
-    yield
-  finally:
-    for cls, original in originals.items():
-      cls.__call__ = original
+  return _wrapped_calls(wrap)
 
 
 def modules_by_path(module: nnx.Module) -> dict[str, nnx.Module]:

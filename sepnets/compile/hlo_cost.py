@@ -26,10 +26,11 @@ Deliberate differences:
   applies the forward formula to the custom call's operands as they come.
 - XLA's GPU analysis weighs elementwise ops by a per-op throughput profile (default 3
   'flops' per element); here every target uses 1, so the counts compare across targets.
-- bytes accessed: every top-level instruction's operands plus outputs (a fusion's operands
-  once, the slices it reads where it only slices them), zero for parameters, constants,
-  tuples, get-tuple-element and bitcasts; XLA refines this with operand utilization, so the
-  two differ by a few percent.
+- bytes accessed: every top-level instruction's operands plus outputs, zero for parameters,
+  constants, tuples, get-tuple-element and bitcasts; a fusion reads each parameter as XLA's
+  `FusionParameterReadBytes` has it (the slices it takes, the whole parameter again for each
+  broadcast or reshape of it, one shared read for all other uses). XLA refines some
+  non-fusion ops with operand utilization, so the two can differ slightly.
 """
 
 from __future__ import annotations
@@ -460,17 +461,29 @@ class _Counter:
     root = body[-1] if body else None
     for pname, index in params.items():
       operand = self.shape_of(inst.operands[index]) if index < len(inst.operands) else None
-      readers = users.get(pname, [])
-      if readers and all(u.opcode in ('slice', 'dynamic-slice') and u.operands[0] == pname
-                         for u in readers):
-        total += sum(u.shape.nbytes for u in readers)
-      elif operand is not None:
-        total += operand.nbytes
+      total += _parameter_read_bytes(pname, users.get(pname, []),
+                                     operand.nbytes if operand is not None else 0)
     if root is not None and root.opcode == 'dynamic-update-slice':
       total += self.defs[root.operands[1]].shape.nbytes if root.operands[1] in self.defs else 0
     else:
       total += sum(a.nbytes for a in inst.shapes)
     return total
+
+
+def _parameter_read_bytes(name: str, readers: list[Instruction], size: int) -> int:
+  """Bytes a fusion reads of one parameter, by XLA's `FusionParameterReadBytes`: each slice
+  (or dynamic slice of it) its own size, each broadcast or reshape of it the whole parameter,
+  every other reader one shared read of the whole parameter."""
+  total, shared = 0, False
+  for u in readers:
+    if u.opcode == 'slice' or (u.opcode == 'dynamic-slice' and u.operands[0] == name):
+      total += u.shape.nbytes
+    elif u.opcode in ('broadcast', 'reshape'):
+      total += size
+    elif not shared:
+      shared = True
+      total += size
+  return total
 
 
 def _backend_config(inst: Instruction) -> dict:

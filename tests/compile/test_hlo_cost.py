@@ -136,3 +136,27 @@ def test_dot_without_metadata_is_attributed_by_shape():
   assert layers['classifier'].status == 'exact'
   assert 'dot' not in rec.outside and rec.unexplained == 0
   assert rec.summary()['layers_exact'] == rec.summary()['layers'] == 28
+
+
+def test_fusion_reads_a_parameter_once_per_broadcast():
+  """XLA's rule: every broadcast of a fusion parameter reads it again; other uses share."""
+  hlo = '''HloModule m
+
+%fused (p0: f32[8], p1: f32[4,8]) -> f32[4,8] {
+  %p0 = f32[8]{0} parameter(0)
+  %p1 = f32[4,8]{1,0} parameter(1)
+  %b0 = f32[4,8]{1,0} broadcast(%p0), dimensions={1}
+  %b1 = f32[4,8]{1,0} broadcast(%p0), dimensions={1}
+  %m = f32[4,8]{1,0} multiply(%p1, %b0)
+  %a = f32[4,8]{1,0} add(%m, %p1)
+  ROOT %r = f32[4,8]{1,0} add(%a, %b1)
+}
+
+ENTRY %main (x: f32[8], y: f32[4,8]) -> f32[4,8] {
+  %x = f32[8]{0} parameter(0)
+  %y = f32[4,8]{1,0} parameter(1)
+  ROOT %f = f32[4,8]{1,0} fusion(%x, %y), kind=kLoop, calls=%fused
+}
+'''
+  # p0 twice (two broadcasts), p1 once (two plain uses share a read), the output once
+  assert hlo_cost(hlo).bytes_accessed == 2 * 32 + 128 + 128
