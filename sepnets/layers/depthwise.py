@@ -112,14 +112,14 @@ def _shift_conv_bwd(geometry, out_dtype, residuals, g):
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
 
 TAP_GRAD_BLOCK = 8
-"""Output columns summed inside the fused loop of `tap_grads` before the final reduction."""
+"""Output columns summed inside the fused loop of `tap_grads` before the final reduction, for
+kernels of up to 9 taps; twice that for larger ones (5x5: 25 partial sums per position)."""
 
 
-def _column_block(width: int) -> int:
-  if width <= TAP_GRAD_BLOCK:
+def _column_block(width: int, target: int) -> int:
+  if width <= target:
     return width
-  return next((b for b in range(TAP_GRAD_BLOCK, TAP_GRAD_BLOCK // 2 - 1, -1) if width % b == 0),
-              TAP_GRAD_BLOCK)
+  return next((b for b in range(target, target // 2 - 1, -1) if width % b == 0), target)
 
 
 def _geometry_pads(geometry, in_hw):
@@ -164,9 +164,15 @@ def input_grads(geometry, g, taps, in_hw):
 
   Autodiff of `shift` adds K*K padded (for stride 2, interleaved) copies of `g` times a tap,
   and XLA:CPU recomputes `g`'s producers in each; here each input position gathers the
-  K*K output positions it fed (zero where none) from `g`, materialized once.
+  K*K output positions it fed (zero where none) from `g`, materialized once. Kernels larger
+  than 3x3 at stride 1 instead run `shift`'s forward over `g` with the kernel flipped.
   """
   (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, in_hw)
+  if (sh, sw) == (1, 1) and kh * kw > 9:  # measured: the gather loses to slices past 3x3
+    flipped = ((kh, kw), (1, 1), ((dh * (kh - 1) - pads[0][0], dh * (kh - 1) - pads[0][1]),
+                                  (dw * (kw - 1) - pads[1][0], dw * (kw - 1) - pads[1][1])),
+               geometry[3])
+    return _windows_times_taps(flipped, taps.dtype, g, taps[::-1])
   rows, row_ok = _transpose_index(in_hw[0], ho, kh, sh, dh, pads[0][0])
   cols, col_ok = _transpose_index(in_hw[1], wo, kw, sw, dw, pads[1][0])
   windows = _gather_windows(g, rows, row_ok, cols, col_ok)
@@ -191,7 +197,7 @@ def tap_grads(geometry, x: jax.Array, g: jax.Array) -> jax.Array:
   (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, x.shape[1:3])
   acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
   n, c = x.shape[0], x.shape[3]
-  block = _column_block(wo)
+  block = _column_block(wo, TAP_GRAD_BLOCK * (1 if kh * kw <= 9 else 2))
   wide = -(-wo // block) * block
   rows, row_ok = _forward_index(ho, x.shape[1], kh, sh, dh, pads[0][0])
   cols, col_ok = _forward_index(wide, x.shape[2], kw, sw, dw, pads[1][0])

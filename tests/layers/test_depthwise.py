@@ -19,7 +19,7 @@ CASES = [  # (size, kernel, stride, padding, multiplier, dilation)
 ] + [
     (9, 3, 2, 'same', 2, 1), (8, 3, 1, 'symmetric', 3, 1), (10, 4, 2, 'same', 1, 1),
     (6, 2, 1, 'symmetric', 1, 1), (11, 3, 1, 'same', 1, 2), (12, 3, 2, 'symmetric', 2, 2),
-    (7, 3, 1, 'valid', 1, 1),
+    (7, 3, 1, 'valid', 1, 1), (13, 5, 1, 'same', 2, 2),
 ]
 OTHERS = [name for name in STRATEGIES if name != 'grouped']
 
@@ -113,18 +113,20 @@ def test_parameter_tree_independent_of_strategy():
     assert rel_err(y, outs['grouped']) <= 1e-5, name
 
 
-@pytest.mark.parametrize('width,stride,padding', [
-    (24, 1, 'same'),    # 8 columns per partial sum
-    (20, 1, 'same'),    # 5 (the largest divisor from 4 to 8)
-    (17, 1, 'same'),    # no such divisor: zero-padded to 24
-    (33, 2, ((1, 2), (0, 1))),  # explicit asymmetric pads, 17 output columns
-    (5, 1, 'valid'),    # narrower than a block
+@pytest.mark.parametrize('width,stride,padding,kernel', [
+    (24, 1, 'same', 3),    # 8 columns per partial sum
+    (20, 1, 'same', 3),    # 5 (the largest divisor from 4 to 8)
+    (17, 1, 'same', 3),    # no such divisor: zero-padded to 24
+    (33, 2, ((1, 2), (0, 1)), 3),  # explicit asymmetric pads, 17 output columns
+    (5, 1, 'valid', 3),    # narrower than a block
+    (40, 1, 'same', 5),    # 5x5: blocks of 8 to 16 columns (10 here); input gradient by slices
+    (35, 2, 'same', 5),    # 18 output columns -> 9 per block; input gradient gathered
 ])
-def test_shift_gradients_across_column_blocks(width, stride, padding, rng):
+def test_shift_gradients_across_column_blocks(width, stride, padding, kernel, rng):
   """`shift`'s own backward (gathered windows, column partial sums) equals the reference for
   every way the output width splits into blocks."""
   x = jnp.asarray(rng.standard_normal((2, 6, width, 5)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 1, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, 5)), jnp.float32)
   conv = lambda name: lambda x, w: get_strategy(name)(
       x, w, (stride, stride), 'VALID' if padding == 'valid' else
       'SAME' if padding == 'same' else padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
