@@ -86,12 +86,17 @@ def shift(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   return _shift_conv(geometry, out_dtype, x, taps)
 
 
-def _windows_times_taps(geometry, out_dtype, x, taps):
+def _weighted_sum(windows, taps):
+  """sum_t windows[t] * taps[t], in the taps' (accumulation) dtype."""
   acc = None
-  for window, tap in zip(conv_windows(x, *geometry), taps):
+  for window, tap in zip(windows, taps):
     term = window.astype(taps.dtype) * tap
     acc = term if acc is None else acc + term
-  return acc.astype(out_dtype)
+  return acc
+
+
+def _windows_times_taps(geometry, out_dtype, x, taps):
+  return _weighted_sum(conv_windows(x, *geometry), taps).astype(out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -176,11 +181,7 @@ def input_grads(geometry, g, taps, in_hw):
   rows, row_ok = _transpose_index(in_hw[0], ho, kh, sh, dh, pads[0][0])
   cols, col_ok = _transpose_index(in_hw[1], wo, kw, sw, dw, pads[1][0])
   windows = _gather_windows(g, rows, row_ok, cols, col_ok)
-  acc = None
-  for t in range(kh * kw):
-    term = windows[:, :, :, t].astype(taps.dtype) * taps[t]
-    acc = term if acc is None else acc + term
-  return acc
+  return _weighted_sum((windows[:, :, :, t] for t in range(kh * kw)), taps)
 
 
 def tap_grads(geometry, x: jax.Array, g: jax.Array) -> jax.Array:
