@@ -13,13 +13,12 @@ from tests.conftest import rel_err
 def _pair(channels, dtype=None):
   ours = batch_norm(channels, dtype=dtype, rngs=nnx.Rngs(0))
   ref = nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(1)
-  for layer in (ours, ref):  # non-trivial parameters and running statistics
-    layer.scale[...] = jnp.asarray(rng.uniform(0.5, 2, channels), jnp.float32)
-    layer.bias[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
-    layer.mean[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
-    layer.var[...] = jnp.asarray(rng.uniform(0.5, 2, channels), jnp.float32)
-    rng = np.random.default_rng(1)
+  rng = np.random.default_rng(1)  # the same non-trivial parameters and statistics for both
+  values = {'scale': rng.uniform(0.5, 2, channels), 'bias': rng.standard_normal(channels),
+            'mean': rng.standard_normal(channels), 'var': rng.uniform(0.5, 2, channels)}
+  for layer in (ours, ref):
+    for name, value in values.items():
+      getattr(layer, name)[...] = jnp.asarray(value, jnp.float32)
   return ours, ref
 
 
