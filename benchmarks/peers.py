@@ -1,6 +1,7 @@
 """sepnets vs PyTorch (and Keras 3 on JAX) on identical architectures, side by side in one run.
 
   pip install -e ".[torch]"
+  bash .ci/tcmalloc                                       # preloaded for both libraries
   JAX_PLATFORMS=cpu python benchmarks/peers.py            # mobilenet_v2, mobilenet_v3_large,
                                                           # efficientnet_b0 at 224, fp32
 
@@ -19,9 +20,11 @@ from pathlib import Path
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sepnets.runtime import malloc_state, tune_malloc  # noqa: E402
+from sepnets.runtime import malloc_state, use_fast_malloc  # noqa: E402
 
-tune_malloc()  # for every library in this process alike; SEPNETS_MALLOC=default opts out
+# First, as it may re-execute this script under tcmalloc: the same malloc for every library
+# in the process (SEPNETS_MALLOC=tuned keeps glibc, tuned; =default leaves it as it is).
+use_fast_malloc()
 from sepnets.compile.peers import (MODELS, PEERS, PeersConfig, format_markdown,  # noqa: E402
                                    run_peers)
 from sepnets.files import atomic_write_text  # noqa: E402

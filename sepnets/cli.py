@@ -370,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   # starts its backends, which it does lazily).
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   from sepnets.runtime import tune_malloc
-  tune_malloc()  # before JAX starts its threads; SEPNETS_MALLOC=default opts out
+  try:
+    tune_malloc()  # before JAX starts its threads; SEPNETS_MALLOC=default opts out
+  except ValueError as err:  # a bad SEPNETS_MALLOC
+    sys.exit(f'sepnets: error: {err}')
   parser = build_parser()
   args = _split_overrides(parser, sys.argv[1:] if argv is None else argv)
   try:

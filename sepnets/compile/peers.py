@@ -251,7 +251,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"{cfg['image_size']}, fp32", '',
            f"{meta['backend']} ({meta['cpu_count']} cores, torch threads "
            f"{meta.get('torch_threads')}); jax {meta['versions'].get('jax')}, torch "
-           f"{meta['versions'].get('torch')}; glibc malloc {meta.get('malloc', 'default')} "
+           f"{meta['versions'].get('torch')}; malloc: {meta.get('malloc', 'default glibc')} "
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
            f"`{cfg['strategy']}`; "
            f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls. Ratio = sepnets / "
