@@ -29,6 +29,7 @@ from flax import nnx
 from sepnets.compile.metadata import run_metadata
 from sepnets.compile.timing import time_call
 from sepnets.registry import create_model
+from sepnets.runtime import cpu_compiler_options
 from sepnets.train.steps import make_eval_step, make_train_step
 
 MODELS = ('mobilenet_v2', 'mobilenet_v3_large', 'efficientnet_b0')
@@ -94,7 +95,13 @@ def sepnets_model(name: str, torch_model: Any, config: PeersConfig) -> nnx.Modul
   return model
 
 
+def sepnets_compiler_options() -> dict[str, Any]:
+  """What sepnets' steps are compiled with here (`runtime.cpu_compiler_options` on CPU)."""
+  return cpu_compiler_options() if jax.default_backend() == 'cpu' else {}
+
+
 def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
+  options = sepnets_compiler_options()
   out: dict[str, Any] = {'times': {}, 'compile_s': {}}
   graphdef, state = nnx.split(model)
   for kind, batch in workloads(config):
@@ -102,7 +109,7 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
     x = jnp.asarray(images)
     start = time.perf_counter()
     if kind == 'infer':
-      step = jax.jit(make_eval_step(graphdef)).lower(state, x).compile()
+      step = jax.jit(make_eval_step(graphdef), compiler_options=options).lower(state, x).compile()
       out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
       out['times'][f'{kind}{batch}'] = _median(
           lambda: jax.block_until_ready(step(state, x)), warmup=config.warmup,
@@ -116,7 +123,8 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
     optimizer = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
     carry = [params, rest, optimizer.init(params)]
     y = jnp.asarray(labels)
-    train = jax.jit(make_train_step(train_graphdef, optimizer), donate_argnums=(0, 1, 2))
+    train = jax.jit(make_train_step(train_graphdef, optimizer), donate_argnums=(0, 1, 2),
+                    compiler_options=options)
     train = train.lower(*carry, x, y).compile()
     out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
 
@@ -239,8 +247,13 @@ def run_peers(config: PeersConfig,
   meta = run_metadata()
   meta['versions']['torch'] = torch.__version__
   meta['torch_threads'] = torch.get_num_threads()
+  meta['sepnets_compiler_options'] = sepnets_compiler_options()
   return {'config': dataclasses.asdict(config), 'dtype': 'float32', 'metadata': meta,
           'rows': rows}
+
+
+def _options_text(options: dict[str, Any] | None) -> str:
+  return ', '.join(f'`{k}={v}`' for k, v in options.items()) if options else 'XLA defaults'
 
 
 def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -253,7 +266,8 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"{meta.get('torch_threads')}); jax {meta['versions'].get('jax')}, torch "
            f"{meta['versions'].get('torch')}; malloc: {meta.get('malloc', 'default glibc')} "
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
-           f"`{cfg['strategy']}`; "
+           f"`{cfg['strategy']}`, compiler options "
+           f"{_options_text(meta.get('sepnets_compiler_options'))}; "
            f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls. Ratio = sepnets / "
            'peer (below 1: sepnets faster).', '']
   if command:

@@ -7,7 +7,12 @@ import pytest
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
 from sepnets.compile.peers import PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.runtime import cpu_compiler_options  # noqa: E402
 
 
 def test_peers_measures_identical_models_side_by_side():
@@ -25,6 +30,20 @@ def test_peers_measures_identical_models_side_by_side():
   text = format_markdown(result, 'python benchmarks/peers.py')
   assert '| mobilenet_v2 | inference, batch 2 |' in text and 'sepnets / PyTorch' in text
   assert 'Keras' in text and result['metadata']['versions']['torch']
+  options = result['metadata']['sepnets_compiler_options']
+  assert options == cpu_compiler_options()  # the tests run on the CPU
+  assert ('compiler options `xla_cpu_prefer_vector_width=512`' if options else
+          'compiler options XLA defaults') in text
+
+
+def test_cpu_compiler_options_compile_the_same_function():
+  # 512-bit vectors where the CPU has AVX-512 (XLA's own loops); the values stay the same
+  has_avx512 = ' avx512f' in open('/proc/cpuinfo').read()
+  assert cpu_compiler_options() == ({'xla_cpu_prefer_vector_width': 512} if has_avx512 else {})
+  x = jnp.linspace(-3.0, 3.0, 4099)
+  f = lambda v: jnp.tanh(v) * jnp.exp(-v * v) + jnp.cumsum(v)  # noqa: E731
+  wide = jax.jit(f, compiler_options=cpu_compiler_options()).lower(x).compile()
+  np.testing.assert_allclose(wide(x), jax.jit(f)(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('kwargs, message', [
