@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sepnets.layers.helpers import (conv_out_size, conv_windows, lookup, plain_nhwc, platform_auto,
-                                    resolve_pads)
+from sepnets.layers.helpers import (conv_windows, forward_index, gather_windows, lookup,
+                                    plain_nhwc, platform_auto, transpose_index, window_geometry)
 
 ConvFn = Callable[..., jax.Array]
 
@@ -127,43 +127,6 @@ def _column_block(width: int, target: int) -> int:
   return next((b for b in range(target, target // 2 - 1, -1) if width % b == 0), target)
 
 
-def _geometry_pads(geometry, in_hw):
-  (kh, kw), strides, padding, dilation = geometry
-  dilation = dilation or (1, 1)
-  pads = resolve_pads(padding, in_hw, (kh, kw), strides, dilation)
-  outs = tuple(conv_out_size(n, k, s, d, p)
-               for n, k, s, d, p in zip(in_hw, (kh, kw), strides, dilation, pads))
-  return (kh, kw), strides, dilation, pads, outs
-
-
-def _forward_index(out_len, in_len, kernel, stride, dilation, low):
-  """(out_len, kernel) input positions read by each output position and tap; invalid ones
-  (in the zero padding) are clamped into range and flagged False."""
-  pos = jnp.arange(out_len)[:, None] * stride + jnp.arange(kernel)[None, :] * dilation - low
-  return jnp.clip(pos, 0, in_len - 1), (pos >= 0) & (pos < in_len)
-
-
-def _transpose_index(in_len, out_len, kernel, stride, dilation, low):
-  """(in_len, kernel) output positions that each input position and tap contributed to."""
-  num = jnp.arange(in_len)[:, None] + low - jnp.arange(kernel)[None, :] * dilation
-  valid = (num % stride == 0) & (num >= 0) & (num // stride < out_len)
-  return jnp.clip(num // stride, 0, out_len - 1), valid
-
-
-def _gather_windows(src, rows, row_ok, cols, col_ok):
-  """(N, P, Q, K*L, C): src[n, rows[p, k], cols[q, l], c], zero where not row_ok & col_ok."""
-  (p, k), (q, l) = rows.shape, cols.shape
-  index = jnp.stack(jnp.broadcast_arrays(rows[:, None, :, None], cols[None, :, None, :]), -1)
-  windows = lax.gather(
-      src, index.reshape(p, q, k * l, 2),
-      lax.GatherDimensionNumbers(offset_dims=(0, 4), collapsed_slice_dims=(1, 2),
-                                 start_index_map=(1, 2)),
-      slice_sizes=(src.shape[0], 1, 1, src.shape[3]),
-      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  ok = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(1, p, q, k * l, 1)
-  return jnp.where(ok, windows, jnp.zeros((), src.dtype))
-
-
 def input_grads(geometry, g, taps, in_hw):
   """The gradient of a depthwise convolution's input: the transposed convolution of `g`.
 
@@ -172,15 +135,15 @@ def input_grads(geometry, g, taps, in_hw):
   K*K output positions it fed (zero where none) from `g`, materialized once. Kernels larger
   than 3x3 at stride 1 instead run `shift`'s forward over `g` with the kernel flipped.
   """
-  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, in_hw)
+  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = window_geometry(geometry, in_hw)
   if (sh, sw) == (1, 1) and kh * kw > 9:  # measured: the gather loses to slices past 3x3
     flipped = ((kh, kw), (1, 1), ((dh * (kh - 1) - pads[0][0], dh * (kh - 1) - pads[0][1]),
                                   (dw * (kw - 1) - pads[1][0], dw * (kw - 1) - pads[1][1])),
                geometry[3])
     return _windows_times_taps(flipped, taps.dtype, g, taps[::-1])
-  rows, row_ok = _transpose_index(in_hw[0], ho, kh, sh, dh, pads[0][0])
-  cols, col_ok = _transpose_index(in_hw[1], wo, kw, sw, dw, pads[1][0])
-  windows = _gather_windows(g, rows, row_ok, cols, col_ok)
+  rows, row_ok = transpose_index(in_hw[0], ho, kh, sh, dh, pads[0][0])
+  cols, col_ok = transpose_index(in_hw[1], wo, kw, sw, dw, pads[1][0])
+  windows = gather_windows(g, rows, row_ok, cols, col_ok)
   return _weighted_sum((windows[:, :, :, t] for t in range(kh * kw)), taps)
 
 
@@ -195,15 +158,15 @@ def tap_grads(geometry, x: jax.Array, g: jax.Array) -> jax.Array:
   half to all of that); only this partial, 1/block of the windows' size, is reduced.
   Accumulates in float32 at least.
   """
-  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = _geometry_pads(geometry, x.shape[1:3])
+  (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = window_geometry(geometry, x.shape[1:3])
   acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
   n, c = x.shape[0], x.shape[3]
   block = _column_block(wo, TAP_GRAD_BLOCK * (1 if kh * kw <= 9 else 2))
   wide = -(-wo // block) * block
-  rows, row_ok = _forward_index(ho, x.shape[1], kh, sh, dh, pads[0][0])
-  cols, col_ok = _forward_index(wide, x.shape[2], kw, sw, dw, pads[1][0])
+  rows, row_ok = forward_index(ho, x.shape[1], kh, sh, dh, pads[0][0])
+  cols, col_ok = forward_index(wide, x.shape[2], kw, sw, dw, pads[1][0])
   col_ok = col_ok & (jnp.arange(wide) < wo)[:, None]
-  windows = _gather_windows(x, rows, row_ok, cols, col_ok)
+  windows = gather_windows(x, rows, row_ok, cols, col_ok)
   g = jnp.pad(g, ((0, 0), (0, 0), (0, wide - wo), (0, 0))) if wide > wo else g
   terms = (windows.astype(acc_dtype) * g.astype(acc_dtype)[:, :, :, None, :]).reshape(
       n, ho, wide // block, block, kh * kw, c)

@@ -6,6 +6,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 
+import jax.numpy as jnp
 from jax import lax
 
 PADDINGS = ('same', 'symmetric', 'valid')
@@ -103,6 +104,45 @@ def conv_windows(x, kernel_hw: tuple[int, int], strides: Sequence[int],
                     (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
                     (1, sh, sw, 1))
           for i in range(kh) for j in range(kw)]
+
+
+def window_geometry(geometry, in_hw):
+  """`((kh, kw), strides, dilation, pads, (ho, wo))` of a 2-D window op: `geometry` is
+  `((kh, kw), strides, padding, dilation or None)`, `in_hw` the input's (H, W)."""
+  (kh, kw), strides, padding, dilation = geometry
+  dilation = dilation or (1, 1)
+  pads = resolve_pads(padding, in_hw, (kh, kw), strides, dilation)
+  outs = tuple(conv_out_size(n, k, s, d, p)
+               for n, k, s, d, p in zip(in_hw, (kh, kw), strides, dilation, pads))
+  return (kh, kw), strides, dilation, pads, outs
+
+
+def forward_index(out_len, in_len, kernel, stride, dilation, low):
+  """(out_len, kernel) input positions read by each output position and tap; invalid ones
+  (in the zero padding) are clamped into range and flagged False."""
+  pos = jnp.arange(out_len)[:, None] * stride + jnp.arange(kernel)[None, :] * dilation - low
+  return jnp.clip(pos, 0, in_len - 1), (pos >= 0) & (pos < in_len)
+
+
+def transpose_index(in_len, out_len, kernel, stride, dilation, low):
+  """(in_len, kernel) output positions that each input position and tap contributed to."""
+  num = jnp.arange(in_len)[:, None] + low - jnp.arange(kernel)[None, :] * dilation
+  valid = (num % stride == 0) & (num >= 0) & (num // stride < out_len)
+  return jnp.clip(num // stride, 0, out_len - 1), valid
+
+
+def gather_windows(src, rows, row_ok, cols, col_ok):
+  """(N, P, Q, K*L, C): src[n, rows[p, k], cols[q, l], c], zero where not row_ok & col_ok."""
+  (p, k), (q, l) = rows.shape, cols.shape
+  index = jnp.stack(jnp.broadcast_arrays(rows[:, None, :, None], cols[None, :, None, :]), -1)
+  windows = lax.gather(
+      src, index.reshape(p, q, k * l, 2),
+      lax.GatherDimensionNumbers(offset_dims=(0, 4), collapsed_slice_dims=(1, 2),
+                                 start_index_map=(1, 2)),
+      slice_sizes=(src.shape[0], 1, 1, src.shape[3]),
+      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  ok = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(1, p, q, k * l, 1)
+  return jnp.where(ok, windows, jnp.zeros((), src.dtype))
 
 
 def platform_auto(choices: Callable[[], Mapping[str, Callable]], default: Callable,
