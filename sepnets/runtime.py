@@ -147,8 +147,8 @@ def malloc_state() -> str:
 def cpu_compiler_options() -> dict[str, int]:
   """XLA:CPU options that the peers benchmark compiles sepnets' steps with: on a CPU with
   AVX-512, 512-bit vectors for XLA's own loops (its default prefers 256). Measured in one
-  process against the default (2 cores, tcmalloc): train steps at batch 32 4% faster for
-  mobilenet_v2 and mobilenet_v3_large and 5% for efficientnet_b0; inference the same or
+  process against the default (2 cores, tcmalloc): train steps at batch 32 4.0% faster for
+  mobilenet_v2, 3.5% for mobilenet_v3_large, 4.6% for efficientnet_b0; inference the same or
   better. Pass it as `jax.jit(..., compiler_options=cpu_compiler_options())`; other
   backends ignore it. Empty where /proc/cpuinfo lists no avx512f.
   """
