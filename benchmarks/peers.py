@@ -24,7 +24,10 @@ from sepnets.runtime import malloc_state, use_fast_malloc  # noqa: E402
 
 # First, as it may re-execute this script under tcmalloc: the same malloc for every library
 # in the process (SEPNETS_MALLOC=tuned keeps glibc, tuned; =default leaves it as it is).
-use_fast_malloc()
+try:
+  use_fast_malloc()
+except (ValueError, FileNotFoundError) as err:  # a bad SEPNETS_MALLOC or SEPNETS_TCMALLOC
+  sys.exit(f'peers: error: {err}')
 from sepnets.compile.peers import (MODELS, PEERS, PeersConfig, format_markdown,  # noqa: E402
                                    run_peers)
 from sepnets.files import atomic_write_text  # noqa: E402

@@ -5,12 +5,12 @@ Same contract as the depthwise strategies and pointwise implementations: the sig
 
 - `conv`: XLA's convolution, the reference.
 - `im2col`: the (N, Ho, Wo, K*K*C_in) patches of the input, times the (K*K*C_in, C_out)
-  kernel as one rank-2 dot. One gather builds the patches in one loop (zero padding by a
-  mask, no padded copy; gathering from a padded input was slower); concatenating the K*K shifted windows instead made XLA:CPU write
-  each window and then the concatenation (mobilenet_v3_large's stem at batch 32: 12.3 ms
-  forward against 5.4 ms gathered, 2 cores). It writes K*K copies of the input, so it pays
-  only where the input has few channels (an image stem); with 64 channels XLA's convolution
-  was the faster forward in a first measurement on 2 cores.
+  kernel as one rank-2 dot. One gather builds the patches in one loop, the zero padding a
+  mask (gathering from a padded input was slower). Concatenating the K*K shifted windows
+  instead made XLA:CPU write each window and then the concatenation (mobilenet_v3_large's
+  stem at batch 32: 12.3 ms forward against 5.4 ms gathered, 2 cores). It writes K*K copies
+  of the input, so it pays only where the input has few channels (an image stem); with 64
+  channels XLA's convolution was the faster forward in a first measurement on 2 cores.
 - `auto`: `im2col` on CPU for inputs of at most `AUTO_MAX_IN_CHS` channels, else `conv`.
 
 What `im2col` does not implement (grouped, input dilation, not NHWC) goes to the reference.
