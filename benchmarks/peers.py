@@ -52,7 +52,7 @@ def main() -> int:
                       help="depthwise roofline table for this model's depthwise shapes "
                       "('none' skips it)")
   parser.add_argument('--layer-batch', type=int, default=32)
-  parser.add_argument('--layer-strategies', type=_csv(str), default=('grouped', 'shift'))
+  parser.add_argument('--layer-strategies', type=_csv(str), default=('grouped', 'shift', 'native'))
   parser.add_argument('--out', default=None, help='output folder (default results/peers-TIME)')
   args = parser.parse_args()
   try:

@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
   layers.add_argument('--width', type=_positive, default=56)
   layers.add_argument('--batch', type=_positive, default=8)
   layers.add_argument('--padding', choices=('same', 'symmetric', 'valid'), default='same')
-  layers.add_argument('--strategies', type=_strategies, default=('grouped', 'shift'),
-                      help='comma-separated depthwise strategies (grouped, shift, auto)')
+  layers.add_argument('--strategies', type=_strategies, default=('grouped', 'shift', 'native'),
+                      help='comma-separated depthwise strategies (grouped, shift, native, auto)')
   layers.add_argument('--repeats', type=_positive, default=5, help='timed runs per measurement')
   layers.add_argument('--no-backward', dest='backward', action='store_false',
                       help='skip timing forward+backward')

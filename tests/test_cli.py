@@ -41,7 +41,7 @@ def test_layers_table(capsys):
   assert main(SMALL + ['--no-backward', '--strategies', 'shift']) == 0
   text = capsys.readouterr().out
   assert 'separable [shift]: params' in text
-  assert 'auto strategy on this backend: shift' in text
+  assert 'auto strategy on this backend: native' in text
 
 
 @pytest.mark.parametrize('argv,message', [

@@ -2,7 +2,8 @@
 
 Counts instructions by opcode, separately at top level (what runs as a kernel or a call)
 and inside fused computations; classifies convolutions as depthwise / grouped / dense by
-their feature_group_count, and custom calls by target (cuDNN and cuBLAS calls on GPU).
+their feature_group_count, and custom calls by target (cuDNN and cuBLAS calls on GPU; the
+native depthwise kernels on CPU, `sepnets_dw_*`, count as depthwise convolutions).
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def hlo_census(hlo_text: str) -> Census:
       elif op == 'custom-call':
         target = t.group(1) if (t := _TARGET.search(line)) else '?'
         calls[target] += 1
-        if 'conv' in target.lower():
+        if target.startswith('sepnets_dw_'):  # the native depthwise kernels (forward, grads)
+          convs['depthwise'] += 1
+        elif 'conv' in target.lower():
           convs[_conv_kind(line, m.group('args'), types)] += 1
       elif op == 'fusion' and (k := _FUSION_KIND.search(line)):
         fusion_kinds[k.group(1)] += 1

@@ -24,6 +24,10 @@ Deliberate differences:
 - cuDNN convolution custom calls are counted as the convolution they compute (a backward-
   input or backward-filter call does as many MACs as its forward conv); XLA's GPU analysis
   applies the forward formula to the custom call's operands as they come.
+- sepnets' own depthwise kernels (XLA:CPU custom calls, `sepnets.layers.depthwise.native`)
+  are counted as the depthwise convolution they compute, 2 x MACs over valid taps (the input
+  and tap gradients as many as the forward); XLA counts no flops for a custom call, so its
+  total is lower by exactly these.
 - XLA's GPU analysis weighs elementwise ops by a per-op throughput profile (default 3
   'flops' per element); here every target uses 1, so the counts compare across targets.
 - bytes accessed: every top-level instruction's operands plus outputs, zero for parameters,
@@ -67,6 +71,7 @@ CUDNN_CONV = {'__cudnn$convForward': 'forward', '__cudnn$convBiasActivationForwa
               '__cudnn$convBackwardInput': 'backward_input',
               '__cudnn$convBackwardFilter': 'backward_filter'}
 CUBLAS_GEMM = ('__cublas$gemm', '__cublas$lt$matmul')
+NATIVE_DEPTHWISE = {'sepnets_dw_conv': 'native', 'sepnets_dw_tap_grad': 'native_tap_grad'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +109,9 @@ class Instruction:
 
 @dataclasses.dataclass(frozen=True)
 class ConvOp:
-  """One convolution as compiled (an HLO convolution or a cuDNN custom call)."""
+  """One convolution as compiled (an HLO convolution, a cuDNN or a native-kernel custom call)."""
   name: str
-  kind: str  # 'convolution' | 'forward' | 'backward_input' | 'backward_filter'
+  kind: str  # 'convolution' | 'forward' | 'backward_input' | 'backward_filter' | 'native' | ...
   lhs: tuple[int, ...]
   rhs: tuple[int, ...]
   out: tuple[int, ...]
@@ -421,6 +426,8 @@ class _Counter:
     if target in CUDNN_CONV:
       return self._conv(inst, CUDNN_CONV[target], inst.operands[0], inst.operands[1],
                         inst.shapes[0], fused_in, record)
+    if target in NATIVE_DEPTHWISE:
+      return self._native_depthwise(inst, NATIVE_DEPTHWISE[target], fused_in, record)
     if target in CUBLAS_GEMM:
       lhs, rhs = self.shape_of(inst.operands[0]), self.shape_of(inst.operands[1])
       config = _backend_config(inst)
@@ -430,6 +437,31 @@ class _Counter:
       return self._dot(inst, lhs.dims, rhs.dims, inst.shapes[0].dims, contracted, fused_in,
                        record)
     return 0
+
+  def _native_depthwise(self, inst: Instruction, kind: str, fused_in: str | None,
+                        record: bool) -> int:
+    """2 x valid-tap MACs of the depthwise convolution a native kernel call computes."""
+    attrs = {k: int(v) for k, v in re.findall(r'(\w+) = (-?\d+) : i64', inst.attrs)}
+    first, second = (self.shape_of(name).dims for name in inst.operands[:2])
+    out = inst.shapes[0].dims
+    if kind == 'native_tap_grad':  # (x, g) -> taps
+      (n, h, w, c), (oh, ow) = first, second[1:3]
+    elif attrs.get('transposed'):  # (g, taps) -> dx
+      (n, oh, ow, c), (h, w) = first, out[1:3]
+    else:  # (x, taps) -> y
+      (n, h, w, c), (oh, ow) = first, out[1:3]
+    pairs = [sum(0 <= p * attrs['s' + a] + i * attrs['d' + a] - attrs['p' + a] < size
+                 for p in range(out_len) for i in range(attrs['k' + a]))
+             for a, size, out_len in (('h', h, oh), ('w', w, ow))]
+    flops = 2 * n * c * pairs[0] * pairs[1]
+    self._record(inst, 'convolution', flops, 0, record)
+    if record:
+      window = f"size={attrs['kh']}x{attrs['kw']} stride={attrs['sh']}x{attrs['sw']}"
+      self.convs.append(ConvOp(name=inst.name, kind=kind, lhs=first, rhs=second, out=out,
+                               dim_labels='b01f_01io->b01f', window=window, feature_groups=c,
+                               batch_groups=1, flops=flops, op_name=_op_name(inst),
+                               fused_in=fused_in))
+    return flops
 
   # --- bytes ---
 

@@ -20,7 +20,7 @@ from sepnets.compile.analysis import lower_and_compile, stats_of
 from sepnets.compile.metadata import run_metadata
 from sepnets.compile.timing import time_compiled
 from sepnets.layers import DepthwiseConv, PointwiseConv, SeparableConv, StandardConv
-from sepnets.layers.depthwise import AUTO_CHOICE, get_strategy
+from sepnets.layers.depthwise import AUTO_CHOICE, auto_choice, get_strategy
 from sepnets.layers.helpers import positive_int
 from sepnets.tables import aligned
 
@@ -36,7 +36,7 @@ class SuiteConfig:
   height: int = 56
   width: int = 56
   batch: int = 8
-  strategies: tuple[str, ...] = ('grouped', 'shift')
+  strategies: tuple[str, ...] = ('grouped', 'shift', 'native')
   repeats: int = 5
   backward: bool = True
   padding: str = 'same'
@@ -140,7 +140,7 @@ def run_layer_suite(config: SuiteConfig,
       'config': dataclasses.asdict(config),
       'dtype': 'float32',
       'mode': 'forward (eval); forward_backward = vjp for input and kernel',
-      'auto_choice': {**AUTO_CHOICE, 'default': 'grouped'},
+      'auto_choice': {**{p: auto_choice(p) for p in AUTO_CHOICE}, 'default': 'grouped'},
       'metadata': run_metadata(),
       'rows': [dataclasses.asdict(r) for r in rows],
       'savings_standard_over_separable': savings(rows),

@@ -11,9 +11,16 @@ is the same for every strategy and checkpoints move freely between them.
   `tap_grads`: gathered windows, one loop each) rather than autodiff of the slices, which
   XLA:CPU compiles into K*K materialized windows. Being a `jax.custom_vjp`, it has no
   forward-mode derivative (`jax.jvp`, `jax.jacfwd`); `grouped` has both.
-- `auto`: `shift` on CPU and `grouped` elsewhere, chosen at lowering time per platform by
-  `lax.platform_dependent`, so ahead-of-time lowering for a TPU or GPU on a CPU host still
-  gets the accelerator's choice. The CPU choice comes from `sepnets layers`' measurements.
+- `native`: XLA:CPU custom calls into C++ kernels (`sepnets/native/depthwise.cc`, built on
+  first use; register blocks of output columns, each source vector loaded once per row, the
+  next source row prefetched) for the forward pass, the input gradient and the tap gradient.
+  float32 with channel multiplier 1 only; other dtypes and multipliers go to `shift`. CPU only
+  (a custom call has no other backend), and XLA neither fuses into nor counts a custom call
+  (`sepnets.compile.hlo_cost` counts it as the convolution it computes).
+- `auto`: `native` on CPU (`shift` where the native kernels cannot be built) and `grouped`
+  elsewhere, chosen at lowering time per platform by `lax.platform_dependent`, so
+  ahead-of-time lowering for a TPU or GPU on a CPU host still gets the accelerator's choice.
+  The CPU choice comes from the peers benchmark's and `sepnets layers`' measurements.
 
 A strategy that receives a convolution it does not implement (not depthwise, not 2-D NHWC,
 input dilation, batch groups) computes it with the reference, so it is always a drop-in.
@@ -26,15 +33,28 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from sepnets.layers.helpers import (conv_windows, forward_index, gather_windows, lookup,
-                                    plain_nhwc, platform_auto, transpose_index, window_geometry)
+from sepnets import native as native_kernels
+from sepnets.layers.helpers import (conv_out_size, conv_windows, forward_index, gather_windows,
+                                    lookup, plain_nhwc, platform_auto, resolve_pads,
+                                    transpose_index, window_geometry)
 
 ConvFn = Callable[..., jax.Array]
 
-AUTO_CHOICE = {'cpu': 'shift'}
-"""Per-platform choice of `auto`; platforms not listed use `grouped`."""
+AUTO_CHOICE = {'cpu': 'native'}
+"""Per-platform choice of `auto`; platforms not listed use `grouped`. `native` falls back to
+`shift` where its kernels cannot be built (see `auto_choice`)."""
+NATIVE_FALLBACK = 'shift'
+
+
+def auto_choice(platform: str) -> str:
+  """The strategy `auto` runs on `platform` in this process."""
+  name = AUTO_CHOICE.get(platform, 'grouped')
+  if name == 'native' and not native_kernels.available():
+    return NATIVE_FALLBACK
+  return name
 
 
 def grouped(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -178,11 +198,91 @@ def tap_grads(geometry, x: jax.Array, g: jax.Array) -> jax.Array:
   return partial.sum((0, 1, 2)) + 0 * partial[0, 0, 0]
 
 
+def native(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+           padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+           rhs_dilation: Sequence[int] | None = None, dimension_numbers=None,
+           feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+           preferred_element_type=None, out_sharding=None) -> jax.Array:
+  """Depthwise convolution by the native XLA:CPU kernels (float32, multiplier 1; else `shift`).
+
+  Raises `sepnets.native.NativeUnavailable` naming the reason when the kernels cannot be
+  built here. Like `shift`, a `jax.custom_vjp`: no forward-mode derivative.
+  """
+  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+          feature_group_count, batch_group_count, precision, preferred_element_type,
+          out_sharding)
+  if not _is_plain_depthwise(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count,
+                             batch_group_count, out_sharding):
+    return grouped(*args)
+  f32 = jnp.dtype(jnp.float32)
+  if (lhs.dtype != f32 or rhs.dtype != f32 or rhs.shape[3] != lhs.shape[3]
+      or jnp.dtype(preferred_element_type or f32) != f32):
+    return shift(*args)
+  native_kernels.depthwise_targets()
+  kh, kw = rhs.shape[:2]
+  pads = resolve_pads(padding, lhs.shape[1:3], (kh, kw), window_strides, rhs_dilation or (1, 1))
+  geometry = ((kh, kw), tuple(int(s) for s in window_strides), pads,
+              tuple(int(d) for d in (rhs_dilation or (1, 1))))
+  return _native_conv(geometry, lhs, rhs[:, :, 0, :].reshape(kh * kw, rhs.shape[3]))
+
+
+def _ffi_attrs(geometry, pads=None):
+  (kh, kw), (sh, sw), padding, (dh, dw) = geometry
+  (ph, _), (pw, _) = pads or padding
+  return {name: np.int64(v) for name, v in
+          dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, ph=ph, pw=pw).items()}
+
+
+def _native_forward(geometry, x, taps):
+  (kh, kw), strides, pads, dilation = geometry
+  out_hw = tuple(conv_out_size(n, k, s, d, p) for n, k, s, d, p in
+                 zip(x.shape[1:3], (kh, kw), strides, dilation, pads))
+  out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), x.dtype)
+  return jax.ffi.ffi_call('sepnets_dw_conv', out, vmap_method='sequential')(
+      x, taps, transposed=np.int64(0), **_ffi_attrs(geometry))
+
+
+def _native_input_grad(geometry, g, taps, in_hw):
+  (kh, kw), strides, pads, (dh, dw) = geometry
+  if tuple(strides) == (1, 1):  # a forward window over g with the taps flipped
+    flipped = ((kh, kw), (1, 1), ((dh * (kh - 1) - pads[0][0], dh * (kh - 1) - pads[0][1]),
+                                  (dw * (kw - 1) - pads[1][0], dw * (kw - 1) - pads[1][1])),
+               (dh, dw))
+    return _native_forward(flipped, g, taps[::-1])
+  out = jax.ShapeDtypeStruct((g.shape[0], *in_hw, g.shape[3]), g.dtype)
+  return jax.ffi.ffi_call('sepnets_dw_conv', out, vmap_method='sequential')(
+      g, taps, transposed=np.int64(1), **_ffi_attrs(geometry))
+
+
+def _native_tap_grad(geometry, x, g):
+  out = jax.ShapeDtypeStruct((geometry[0][0] * geometry[0][1], x.shape[3]), x.dtype)
+  return jax.ffi.ffi_call('sepnets_dw_tap_grad', out, vmap_method='sequential')(
+      x, g, **_ffi_attrs(geometry))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _native_conv(geometry, x, taps):
+  return _native_forward(geometry, x, taps)
+
+
+def _native_conv_fwd(geometry, x, taps):
+  return _native_forward(geometry, x, taps), (x, taps)
+
+
+def _native_conv_bwd(geometry, residuals, g):
+  x, taps = residuals
+  return (_native_input_grad(geometry, g, taps, x.shape[1:3]),
+          _native_tap_grad(geometry, x, g))
+
+
+_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+
 auto = platform_auto(
-    lambda: {platform: STRATEGIES[name] for platform, name in AUTO_CHOICE.items()}, grouped,
+    lambda: {platform: STRATEGIES[auto_choice(platform)] for platform in AUTO_CHOICE}, grouped,
     'The measured-fastest strategy for the platform being lowered for (AUTO_CHOICE).')
 
-STRATEGIES: dict[str, ConvFn] = {'grouped': grouped, 'shift': shift, 'auto': auto}
+STRATEGIES: dict[str, ConvFn] = {'grouped': grouped, 'shift': shift, 'native': native,
+                                 'auto': auto}
 
 
 def get_strategy(name: str) -> ConvFn:

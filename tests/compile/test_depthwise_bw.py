@@ -24,9 +24,9 @@ def test_mobilenet_v2_depthwise_shapes():
 
 def test_fraction_is_achieved_over_copy_bandwidth():
   peaks = Peaks('cpu', 'cpu', {'float32': 1e11}, {2**10: 4e9, 2**30: 1e9})
-  rows = measure([DepthwiseShape(16, 3, 1, 12)], ['grouped', 'shift'], peaks, batch=2,
+  rows = measure([DepthwiseShape(16, 3, 1, 12)], ['grouped', 'shift', 'native'], peaks, batch=2,
                  repeats=2)
-  assert [r['strategy'] for r in rows] == ['grouped', 'shift']
+  assert [r['strategy'] for r in rows] == ['grouped', 'shift', 'native']
   for r in rows:
     for name in ('forward', 'backward'):
       seconds = r[f'{name}_ms'] / 1e3

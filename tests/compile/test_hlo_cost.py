@@ -160,3 +160,24 @@ ENTRY %main (x: f32[8], y: f32[4,8]) -> f32[4,8] {
 '''
   # p0 twice (two broadcasts), p1 once (two plain uses share a read), the output once
   assert hlo_cost(hlo).bytes_accessed == 2 * 32 + 128 + 128
+
+
+def test_native_depthwise_calls_count_as_the_convolution():
+  """The native kernels' custom calls count 2 x valid MACs (forward, input gradient and tap
+  gradient alike); XLA counts none, and differs from the HLO count by exactly those."""
+  rec, rows = _reconciled('mobilenet_v2', 'train', 'native', 'cpu')
+  result = compile_workload(model_workload('mobilenet_v2', mode='train', batch=2, image_size=32,
+                                           strategy='native'), parse_target('cpu'))
+  cost = hlo_cost(result.hlo)
+  native = [c for c in cost.convolutions if c.kind.startswith('native')]
+  depthwise = [layer for layer in rec.layers if layer.kind == 'depthwise']
+  assert depthwise and all(layer.status == 'exact' for layer in depthwise)
+  for layer in depthwise:  # the input gradient plus the tap gradient
+    assert layer.backward_matmul == 2 * layer.expected, layer.path
+  assert len(native) == 3 * len(depthwise)
+  assert result.census.custom_calls == {'sepnets_dw_conv': 2 * len(depthwise),
+                                        'sepnets_dw_tap_grad': len(depthwise)}
+  # up to XLA's float32 accumulator, as in test_zoo_counts_agree_with_xla
+  assert abs(cost.flops - result.stats.flops - sum(c.flops for c in native)) <= \
+      1e-5 * result.stats.flops
+  assert rec.unexplained == 0

@@ -129,16 +129,19 @@ def test_tpu_rewrites_a_narrow_depthwise_conv(target):
   assert tpu.stats.flops > 2 * row.macs
 
 
-@pytest.mark.parametrize('strategy,cpu_kinds,tpu_kinds', [
-    ('grouped', {'depthwise': 1}, {'depthwise': 1}),
-    ('auto', {}, {'depthwise': 1}),  # auto is shift on CPU, the grouped conv elsewhere
+@pytest.mark.parametrize('strategy,cpu_kinds,cpu_calls,tpu_kinds', [
+    ('grouped', {'depthwise': 1}, {}, {'depthwise': 1}),
+    ('shift', {}, {}, {}),  # multiply-adds: no convolution anywhere
+    # auto: the native kernel's custom call on CPU, the grouped conv elsewhere
+    ('auto', {'depthwise': 1}, {'sepnets_dw_conv': 1}, {'depthwise': 1}),
 ])
-def test_census_sees_the_strategy_per_target(strategy, cpu_kinds, tpu_kinds):
+def test_census_sees_the_strategy_per_target(strategy, cpu_kinds, cpu_calls, tpu_kinds):
   layer = DepthwiseConv(16, 3, strategy=strategy, rngs=nnx.Rngs(0))
   workload = _layer_workload(layer, (1, 12, 12, 16))
   cpu = compile_workload(workload, parse_target('cpu'))
   tpu = compile_workload(workload, parse_target('tpu:v5e'))
   assert cpu.census.convolutions == cpu_kinds
+  assert cpu.census.custom_calls == cpu_calls
   assert tpu.census.convolutions == tpu_kinds
   assert 'stablehlo' in cpu.stablehlo and 'HloModule' in cpu.hlo
 

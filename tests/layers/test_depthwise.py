@@ -86,14 +86,28 @@ def test_non_depthwise_call_falls_back_to_reference(rng):
     assert rel_err(get_strategy(name)(*args, **kw), ref) <= 1e-6
 
 
-def test_auto_lowers_to_shift_on_cpu():
-  """On CPU `auto` must compile without a convolution op (it picked `shift`)."""
+def test_auto_lowers_to_native_on_cpu():
+  """On CPU `auto` must compile to the native kernel's custom call, with no convolution op."""
   x = jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
   w = jax.ShapeDtypeStruct((3, 3, 1, 4), jnp.float32)
   hlo = jax.jit(lambda x, w: _conv('auto', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
-  assert 'convolution' not in hlo
+  assert 'convolution' not in hlo and 'custom_call_target="sepnets_dw_conv"' in hlo
   hlo_ref = jax.jit(lambda x, w: _conv('grouped', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
   assert 'convolution' in hlo_ref
+
+
+def test_native_unavailable_is_named_and_auto_falls_back(monkeypatch):
+  """Without the native kernels `native` names why, and `auto` runs `shift` instead."""
+  from sepnets import native as native_kernels
+  from sepnets.layers import depthwise
+  monkeypatch.setenv(native_kernels.ENV, '0')
+  x = jnp.ones((1, 8, 8, 4))
+  w = jnp.ones((3, 3, 1, 4))
+  with pytest.raises(native_kernels.NativeUnavailable, match='SEPNETS_NATIVE=0'):
+    _conv('native', x, w, 1, 'same', 1)
+  assert depthwise.auto_choice('cpu') == 'shift'
+  hlo = jax.jit(lambda x, w: _conv('auto', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
+  assert 'sepnets_dw_conv' not in hlo and 'convolution' not in hlo
 
 
 def test_parameter_tree_independent_of_strategy():
@@ -146,3 +160,30 @@ def test_shift_backward_does_not_materialize_the_windows():
   grad = jax.jit(jax.grad(lambda x, w: jnp.sum(_conv('shift', x, w, 1, 'same', 1) ** 2), (0, 1)))
   temp = grad.lower(x, w).compile().memory_analysis().temp_size_in_bytes
   assert temp < 4 * 8 * 32 * 32 * 32 * 4, temp
+
+
+@pytest.mark.parametrize('channels', [6, 16, 24, 37])  # tail only, blocks, block + 8, + 5
+@pytest.mark.parametrize('width,kernel,stride,padding,dilation', [
+    (21, 3, 1, 'same', 1), (21, 3, 2, 'same', 1), (22, 3, 2, 'symmetric', 1),
+    (26, 5, 1, 'same', 1), (27, 5, 2, 'symmetric', 1), (20, 3, 1, 'valid', 1),
+    (23, 3, 1, 'same', 2), (12, 3, 1, ((2, 0), (0, 3)), 1),
+])
+def test_native_register_blocks_match_grouped(channels, width, kernel, stride, padding,
+                                              dilation, rng):
+  """`native`'s register blocks (8 output columns, 16- and 8-wide channel blocks), its border
+  and tail paths, and both gradients, against the reference, on images wide enough for blocks."""
+  x = jnp.asarray(rng.standard_normal((2, 11, width, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
+  pad = padding if not isinstance(padding, str) else lax_padding(padding, (kernel, kernel),
+                                                                 (dilation, dilation))
+  conv = lambda name: lambda x, w: get_strategy(name)(
+      x, w, (stride, stride), pad, rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  ref = conv('grouped')(x, w)
+  ct = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+  got = jax.jit(conv('native'))(x, w)
+  assert rel_err(got, ref) <= 1e-5
+  grads = {name: jax.jit(jax.grad(lambda x, w: jnp.sum(conv(name)(x, w) * ct), (0, 1)))(x, w)
+           for name in ('grouped', 'native')}
+  for got, ref in zip(grads['native'], grads['grouped']):
+    assert rel_err(got, ref) <= 1e-5

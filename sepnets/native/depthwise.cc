@@ -1,0 +1,461 @@
+// Depthwise convolution kernels for XLA:CPU, called through the XLA FFI.
+//
+// NHWC float32, channel multiplier 1. Built by sepnets/native/build.py and registered as
+// custom-call targets by sepnets/layers/native.py; the Python side computes the geometry
+// (output size, low pads) and passes it as attributes.
+//
+//   sepnets_dw_conv:      out[n,p,q,c] = sum_{i,j} src[n, row(p,i), col(q,j), c] * taps[i*KW+j, c]
+//                         with row/col the forward window (transposed=0) or its transpose
+//                         (transposed=1: the input gradient, src = the output gradient);
+//   sepnets_dw_tap_grad:  out[i*KW+j, c] = sum_{n,p,q} x[n, row(p,i), col(q,j), c] * g[n,p,q,c].
+//
+// Positions outside the source are zero. Work is split over (batch, output row) and run on
+// XLA's intra-op thread pool; the calling thread takes part, so the kernels finish even when
+// the pool runs nothing else.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 16 and 8 floats, unaligned: GCC lowers arithmetic on them to AVX-512, AVX2 or SSE
+// instructions, whatever -march allows. Channel blocks are 16 wide, and an 8-wide one takes
+// a tail of 8 (72, 120, 184, 200 channels); other tails go lane by lane.
+typedef float Vec __attribute__((vector_size(64), aligned(4)));
+typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+constexpr int64_t kLanes = 16;
+constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
+constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block the newest row is fetched
+
+// Through memcpy: a template argument drops the typedefs' alignment attribute.
+template <typename V>
+inline V Load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline void Store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+inline Vec Load(const float* p) { return Load<Vec>(p); }
+inline void Store(float* p, Vec v) { Store<Vec>(p, v); }
+inline Vec LoadTail(const float* p, int64_t n) {
+  Vec v = {};
+  for (int64_t k = 0; k < n; ++k) v[k] = p[k];
+  return v;
+}
+inline void StoreTail(float* p, Vec v, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) p[k] = v[k];
+}
+
+// For each output index p, the (tap, source index) pairs that are in range: the forward
+// window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
+// p (p = s*stride + i*dilation - low). Also whether all `kernel` taps are valid.
+struct Taps {
+  std::vector<int64_t> count, tap, src;  // count per p; tap/src at [p * kernel + k]
+  std::vector<char> full;
+};
+
+Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
+              int64_t dilation, int64_t low, bool transposed) {
+  Taps t;
+  t.count.assign(out_len, 0);
+  t.tap.assign(out_len * kernel, 0);
+  t.src.assign(out_len * kernel, 0);
+  t.full.assign(out_len, 0);
+  for (int64_t p = 0; p < out_len; ++p) {
+    for (int64_t i = 0; i < kernel; ++i) {
+      int64_t s;
+      if (!transposed) {
+        s = p * stride + i * dilation - low;
+      } else {
+        const int64_t num = p + low - i * dilation;
+        if (num < 0 || num % stride != 0) continue;
+        s = num / stride;
+      }
+      if (s < 0 || s >= src_len) continue;
+      const int64_t k = t.count[p]++;
+      t.tap[p * kernel + k] = i;
+      t.src[p * kernel + k] = s;
+    }
+    t.full[p] = t.count[p] == kernel;
+  }
+  return t;
+}
+
+// Runs fn(chunk) for chunk in [0, chunks) on the pool and the calling thread; returns when
+// every chunk has run. Tasks that start after all chunks are claimed return at once, so
+// nothing waits on a task the pool has not started.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Fn& fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    int64_t chunks = 0;
+    const Fn* fn = nullptr;
+  };
+  auto state = std::make_shared<State>();
+  state->chunks = chunks;
+  state->fn = &fn;
+  auto work = [](State& s) {
+    for (int64_t c; (c = s.next.fetch_add(1)) < s.chunks;) {
+      (*s.fn)(c);
+      s.done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state, work] { work(*state); });
+  work(*state);
+  while (state->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+struct ConvArgs {
+  const float* src;
+  const float* taps;
+  float* out;
+  int64_t n, h, w, c, oh, ow, kh, kw;
+  Taps rows, cols;
+};
+
+// kPixels output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
+// (already offset to the channel block): a forward window of KW taps at stride S, all in
+// range, whose first source column is `col0`. Each source vector is loaded once and
+// multiplied into every output column it feeds; each tap once per source row.
+template <typename V, int64_t KW, int64_t S>
+inline void ConvBlock(const float* src, const float* taps, float* out, const int64_t* row_src,
+                      const int64_t* row_tap, int64_t nrows, int64_t col0, int64_t w,
+                      int64_t c) {
+  constexpr int64_t kSpan = (kPixels - 1) * S + KW;
+  V acc[kPixels] = {};
+  for (int64_t r = 0; r < nrows; ++r) {
+    const float* s = src + (row_src[r] * w + col0) * c;
+    const float* tp = taps + row_tap[r] * KW * c;
+    V t[KW];
+#pragma GCC unroll 8
+    for (int64_t j = 0; j < KW; ++j) t[j] = Load<V>(tp + j * c);
+#pragma GCC unroll 64
+    for (int64_t m = 0; m < kSpan; ++m) {
+      V v = Load<V>(s + m * c);
+      asm("" : "+v"(v));  // one load into a register, not one memory operand per tap
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t k = (m - j) / S;
+        if (m >= j && (m - j) % S == 0 && k < kPixels) acc[k] += v * t[j];
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t k = 0; k < kPixels; ++k) Store<V>(out + k * c, acc[k]);
+}
+
+// Output column q of row (b, p), channels [c_begin, c), with only its valid taps.
+void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p, int64_t q,
+               int64_t c_begin) {
+  const int64_t c = a.c, kw = a.kw;
+  const int64_t nrows = a.rows.count[p];
+  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
+  const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  const int64_t ncols = a.cols.count[q];
+  const int64_t* col_tap = a.cols.tap.data() + q * kw;
+  const int64_t* col_src = a.cols.src.data() + q * kw;
+  float* out_px = out_row + q * c;
+  for (int64_t c0 = c_begin; c0 < c; c0 += kLanes) {
+    const int64_t width = std::min(kLanes, c - c0);
+    Vec acc = {};
+    for (int64_t r = 0; r < nrows; ++r) {
+      const float* src_row = src_n + row_src[r] * a.w * c + c0;
+      const float* tap_row = a.taps + row_tap[r] * kw * c + c0;
+      for (int64_t k = 0; k < ncols; ++k) {
+        const float* s = src_row + col_src[k] * c;
+        const float* t = tap_row + col_tap[k] * c;
+        acc += width == kLanes ? Load(s) * Load(t) : LoadTail(s, width) * LoadTail(t, width);
+      }
+    }
+    if (width == kLanes) Store(out_px + c0, acc); else StoreTail(out_px + c0, acc, width);
+  }
+}
+
+// Output row (b, p) with blocks of KW taps at stride S (forward, undilated); 0, 0 when the
+// geometry has no block kernel.
+template <int64_t KW, int64_t S>
+void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
+  const int64_t c = a.c;
+  const int64_t full_c = c / kLanes * kLanes;
+  const bool eight = c - full_c == 8;
+  const int64_t nrows = a.rows.count[p];
+  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
+  const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  const float* src_n = a.src + b * a.h * a.w * c;
+  float* out_row = a.out + (b * a.oh + p) * a.ow * c;
+  // Columns whose taps are all in range form one interior run [lo, hi) (the geometry is a
+  // forward window); it goes in register blocks, the last one shifted back to end at hi
+  // (recomputing a few columns), and the border columns one by one.
+  int64_t lo = 0, hi = 0;
+  if (KW > 0) {
+    while (lo < a.ow && !a.cols.full[lo]) ++lo;
+    hi = lo;
+    while (hi < a.ow && a.cols.full[hi]) ++hi;
+    if (hi - lo < kPixels) lo = hi = 0;
+  }
+  for (int64_t q = 0; q < a.ow; ++q) {
+    if (q == lo && hi > lo) q = hi;
+    if (q < a.ow) ConvPixel(a, src_n, out_row, p, q, 0);
+  }
+  for (int64_t start = lo; start < hi; start += kPixels) {
+    const int64_t q = std::min(start, hi - kPixels);
+    // The newest source row (the others were read for the previous output row) and the
+    // output, a few blocks ahead: the hardware prefetchers alone leave this loop waiting.
+    const int64_t ahead = std::min(q + kPrefetchPixels, hi - kPixels);
+    const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
+    for (int64_t k = 0; k < ((kPixels - 1) * S + KW) * c; k += 16) {
+      __builtin_prefetch(src_next + k, 0, 3);
+    }
+    for (int64_t k = 0; k < kPixels * c; k += 16) __builtin_prefetch(out_row + ahead * c + k, 1, 3);
+    const int64_t col0 = a.cols.src[q * KW];
+    float* out = out_row + q * c;
+    for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
+      ConvBlock<Vec, KW, S>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
+                            a.w, c);
+    }
+    if (eight) {
+      ConvBlock<Vec8, KW, S>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
+                             nrows, col0, a.w, c);
+    } else if (full_c < c) {
+      for (int64_t k = 0; k < kPixels; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
+    }
+  }
+}
+
+using RowFn = void (*)(const ConvArgs&, int64_t, int64_t);
+
+// The row kernel for a geometry: register blocks for 3x3 and 5x5 forward windows at stride
+// 1 or 2 without dilation, else column by column.
+RowFn PickRow(int64_t kw, int64_t sw, int64_t dw, bool transposed) {
+  if (!transposed && dw == 1) {
+    if (kw == 3 && sw == 1) return ConvRow<3, 1>;
+    if (kw == 3 && sw == 2) return ConvRow<3, 2>;
+    if (kw == 5 && sw == 1) return ConvRow<5, 1>;
+    if (kw == 5 && sw == 2) return ConvRow<5, 2>;
+  }
+  return ConvRow<0, 1>;
+}
+
+ffi::Error DwConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> taps,
+                  ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                  int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
+                  int64_t transposed) {
+  auto sd = src.dimensions();
+  auto od = out->dimensions();
+  if (sd.size() != 4 || od.size() != 4 || taps.dimensions().size() != 2) {
+    return ffi::Error::InvalidArgument("sepnets_dw_conv: expected NHWC src/out and (K*K, C) taps");
+  }
+  ConvArgs a{src.typed_data(), taps.typed_data(), out->typed_data(), sd[0], sd[1], sd[2], sd[3],
+             od[1], od[2], kh, kw};
+  if (od[0] != a.n || od[3] != a.c || taps.dimensions()[0] != kh * kw ||
+      taps.dimensions()[1] != a.c) {
+    return ffi::Error::InvalidArgument("sepnets_dw_conv: shapes do not agree");
+  }
+  a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed != 0);
+  a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed != 0);
+  const RowFn row_fn = PickRow(kw, sw, dw, transposed != 0);
+  ParallelFor(pool, a.n * a.oh, [&](int64_t row) { row_fn(a, row / a.oh, row % a.oh); });
+  return ffi::Error::Success();
+}
+
+// The interior run [lo, hi) of a forward window's columns whose taps are all in range
+// (lo == hi when there is none).
+std::pair<int64_t, int64_t> InteriorRun(const Taps& cols, int64_t len) {
+  int64_t lo = 0;
+  while (lo < len && !cols.full[lo]) ++lo;
+  int64_t hi = lo;
+  while (hi < len && cols.full[hi]) ++hi;
+  return {lo, hi};
+}
+
+// Adds output row p's columns [lo, hi) (all taps in range, rows too) to the tap gradient,
+// channels [0, V's width) of `x_n` / `g_row` / `acc` (already offset to the block): the
+// KH*KW accumulators stay in registers across the row.
+template <typename V, int64_t KH, int64_t KW, int64_t S>
+void TapGradBlock(const float* x_n, const float* g_row, float* acc, const int64_t* row_src,
+                  int64_t lo, int64_t hi, int64_t col_lo, int64_t w, int64_t c) {
+  V sum[KH * KW] = {};
+  const float* x_rows[KH];
+  for (int64_t i = 0; i < KH; ++i) x_rows[i] = x_n + (row_src[i] * w + col_lo) * c;
+  for (int64_t q = lo; q < hi; ++q) {
+    const V gv = Load<V>(g_row + q * c);
+    const int64_t m = (q - lo) * S * c;
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < KH; ++i) {
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) sum[i * KW + j] += Load<V>(x_rows[i] + m + j * c) * gv;
+    }
+  }
+#pragma GCC unroll 32
+  for (int64_t t = 0; t < KH * KW; ++t) Store<V>(acc + t * c, Load<V>(acc + t * c) + sum[t]);
+}
+
+// Adds output row p's columns [begin, end) except [skip_lo, skip_hi), channels [c_begin, c),
+// with only their valid taps.
+void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
+                    int64_t kh, int64_t kw, const Taps& rows, const Taps& cols, int64_t p,
+                    int64_t ow, int64_t skip_lo, int64_t skip_hi, int64_t c_begin) {
+  for (int64_t r = 0; r < rows.count[p]; ++r) {
+    const float* x_row = x_n + rows.src[p * kh + r] * w * c;
+    const int64_t i = rows.tap[p * kh + r];
+    for (int64_t q = 0; q < ow; ++q) {
+      if (q == skip_lo && skip_hi > skip_lo) q = skip_hi;
+      if (q >= ow) break;
+      const float* g_px = g_row + q * c;
+      for (int64_t k = 0; k < cols.count[q]; ++k) {
+        const float* x_px = x_row + cols.src[q * kw + k] * c;
+        float* a = acc + (i * kw + cols.tap[q * kw + k]) * c;
+        for (int64_t c0 = c_begin; c0 < c; c0 += kLanes) {
+          const int64_t width = std::min(kLanes, c - c0);
+          if (width == kLanes) {
+            Store(a + c0, Load(a + c0) + Load(x_px + c0) * Load(g_px + c0));
+          } else {
+            StoreTail(a + c0, LoadTail(a + c0, width) +
+                                  LoadTail(x_px + c0, width) * LoadTail(g_px + c0, width), width);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Adds output row p's contribution to the (KH*KW, C) tap gradient `acc`: register blocks
+// over the interior columns when every row tap is in range (KH, KW > 0), the rest column by
+// column.
+template <int64_t KH, int64_t KW, int64_t S>
+void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
+                int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
+                int64_t p) {
+  auto [lo, hi] = InteriorRun(cols, ow);
+  if constexpr (KH == 0) {
+    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0, 0);
+    return;
+  } else {
+  if (!rows.full[p] || hi == lo) {
+    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0, 0);
+    return;
+  }
+  const int64_t full_c = c / kLanes * kLanes;
+  const int64_t* row_src = rows.src.data() + p * kh;
+  const int64_t col_lo = cols.src[lo * kw];
+  for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
+    TapGradBlock<Vec, KH, KW, S>(x_n + c0, g_row + c0, acc + c0, row_src, lo, hi, col_lo, w, c);
+  }
+  if (c - full_c == 8) {
+    TapGradBlock<Vec8, KH, KW, S>(x_n + full_c, g_row + full_c, acc + full_c, row_src, lo, hi,
+                                  col_lo, w, c);
+  } else if (full_c < c) {  // the remaining lanes of the interior, one column at a time
+    for (int64_t r = 0; r < kh; ++r) {
+      const float* x_row = x_n + row_src[r] * w * c;
+      for (int64_t q = lo; q < hi; ++q) {
+        for (int64_t j = 0; j < kw; ++j) {
+          const float* x_px = x_row + cols.src[q * kw + j] * c;
+          float* a = acc + (r * kw + j) * c;
+          for (int64_t k = full_c; k < c; ++k) a[k] += x_px[k] * g_row[q * c + k];
+        }
+      }
+    }
+  }
+  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, lo, hi, 0);
+  }
+}
+
+using TapRowFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, const Taps&, const Taps&, int64_t);
+
+TapRowFn PickTapRow(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw) {
+  if (dh == 1 && dw == 1) {
+    if (kh == 3 && kw == 3 && sw == 1) return TapGradRow<3, 3, 1>;
+    if (kh == 3 && kw == 3 && sw == 2) return TapGradRow<3, 3, 2>;
+    if (kh == 5 && kw == 5 && sw == 1) return TapGradRow<5, 5, 1>;
+    if (kh == 5 && kw == 5 && sw == 2) return TapGradRow<5, 5, 2>;
+  }
+  return TapGradRow<0, 0, 1>;
+}
+
+ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
+                     ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw) {
+  auto xd = x.dimensions();
+  auto gd = grad.dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || out->dimensions().size() != 2) {
+    return ffi::Error::InvalidArgument("sepnets_dw_tap_grad: expected NHWC x/grad, (K*K, C) out");
+  }
+  const int64_t n = xd[0], h = xd[1], w = xd[2], c = xd[3];
+  const int64_t oh = gd[1], ow = gd[2], kk = kh * kw;
+  if (gd[0] != n || gd[3] != c || out->dimensions()[0] != kk || out->dimensions()[1] != c) {
+    return ffi::Error::InvalidArgument("sepnets_dw_tap_grad: shapes do not agree");
+  }
+  const Taps rows = TapTable(oh, h, kh, sh, dh, ph, false);
+  const Taps cols = TapTable(ow, w, kw, sw, dw, pw, false);
+  const float* xs = x.typed_data();
+  const float* gs = grad.typed_data();
+  // Chunks of output rows, each summed into its own (K*K, C) partial; the partials are added
+  // in chunk order, so the result does not depend on the thread count.
+  const int64_t total = n * oh;
+  const int64_t per_chunk = std::max<int64_t>(1, total / 64);
+  const int64_t chunks = (total + per_chunk - 1) / per_chunk;
+  std::vector<float> partial(chunks * kk * c, 0.f);
+  const TapRowFn tap_row = PickTapRow(kh, kw, sw, dh, dw);
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    float* acc = partial.data() + chunk * kk * c;
+    for (int64_t row = chunk * per_chunk; row < std::min(total, (chunk + 1) * per_chunk); ++row) {
+      const float* x_n = xs + row / oh * h * w * c;
+      const float* g_row = gs + row * ow * c;
+      const int64_t p = row % oh;
+      tap_row(x_n, g_row, acc, w, c, ow, kh, kw, rows, cols, p);
+    }
+  });
+  float* o = out->typed_data();
+  std::fill(o, o + kk * c, 0.f);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const float* part = partial.data() + chunk * kk * c;
+    for (int64_t k = 0; k < kk * c; ++k) o[k] += part[k];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwConv, DwConv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("transposed"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwTapGrad, DwTapGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw"));
