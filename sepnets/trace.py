@@ -8,6 +8,7 @@ Nothing is computed: the forward pass runs under jax.eval_shape, so modules buil
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Iterator, Sequence
 
@@ -90,6 +91,14 @@ def _record_calls(paths: dict[int, str], calls: list[LayerCall]):
   return _wrapped_calls(wrap)
 
 
+_recording = contextvars.ContextVar('sepnets_trace_recording', default=False)
+
+
+def recording() -> bool:
+  """True while `trace_layers` traces a forward pass (layers then run unfused, as written)."""
+  return _recording.get()
+
+
 def trace_layers(module: nnx.Module, input_shape: Sequence[int],
                  dtype=jnp.float32) -> list[LayerCall]:
   """Every Conv/Linear/BatchNorm call of `module(x)` for an input of `input_shape`, in order.
@@ -103,8 +112,12 @@ def trace_layers(module: nnx.Module, input_shape: Sequence[int],
     model = nnx.merge(graphdef, state)
     paths = {id(node): path_str(path) for path, node in nnx.iter_graph(model)
              if isinstance(node, RECORDED)}
-    with _record_calls(paths, calls):
-      return model(x)
+    token = _recording.set(True)
+    try:
+      with _record_calls(paths, calls):
+        return model(x)
+    finally:
+      _recording.reset(token)
 
   jax.eval_shape(forward, state, jax.ShapeDtypeStruct(tuple(input_shape), dtype))
   return calls

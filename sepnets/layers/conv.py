@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers import dense, pointwise
-from sepnets.layers.depthwise import get_strategy
+from sepnets.layers.depthwise import conv_affine_act, get_strategy
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
 
@@ -148,6 +148,20 @@ class DepthwiseConv(_Conv2d):
                      rngs=rngs)
     self.multiplier = multiplier
     self.strategy = strategy
+
+  def __call__(self, x: jax.Array, *, norm_act: tuple[jax.Array, jax.Array, str | None] | None
+               = None) -> jax.Array:
+    """The convolution; with `norm_act=(scale, bias, act)`, `act(conv(x) * scale + bias)`
+    (an eval-mode BatchNorm and activation, one native kernel call on CPU:
+    `depthwise.conv_affine_act`)."""
+    if norm_act is None or self.use_bias:
+      return super().__call__(x)
+    self.output_shape(x.shape)
+    scale, bias, act = norm_act
+    x, kernel, scale, bias = self.promote_dtype((x, self.kernel[...], scale, bias),
+                                                dtype=self.dtype)
+    return conv_affine_act(self.strategy, x, kernel, scale, bias, act, self.strides,
+                           self.padding, self.kernel_dilation)
 
 
 class PointwiseConv(_Conv2d):

@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from sepnets import native as native_kernels
+from sepnets.layers.activations import get_act
 from sepnets.layers.helpers import (conv_out_size, conv_windows, forward_index, gather_windows,
                                     lookup, plain_nhwc, platform_auto, resolve_pads,
                                     transpose_index, window_geometry)
@@ -233,11 +234,15 @@ def _ffi_attrs(geometry, pads=None):
           dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, ph=ph, pw=pw).items()}
 
 
-def _native_forward(geometry, x, taps):
+def _native_out_shape(geometry, x):
   (kh, kw), strides, pads, dilation = geometry
   out_hw = tuple(conv_out_size(n, k, s, d, p) for n, k, s, d, p in
                  zip(x.shape[1:3], (kh, kw), strides, dilation, pads))
-  out = jax.ShapeDtypeStruct((x.shape[0], *out_hw, x.shape[3]), x.dtype)
+  return (x.shape[0], *out_hw, x.shape[3])
+
+
+def _native_forward(geometry, x, taps):
+  out = jax.ShapeDtypeStruct(_native_out_shape(geometry, x), x.dtype)
   return jax.ffi.ffi_call('sepnets_dw_conv', out, vmap_method='sequential')(
       x, taps, transposed=np.int64(0), **_ffi_attrs(geometry))
 
@@ -276,6 +281,76 @@ def _native_conv_bwd(geometry, residuals, g):
 
 
 _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+
+NATIVE_ACTS = {None: 0, 'identity': 0, 'relu': 1, 'relu6': 2, 'hard_swish': 3}
+"""Activations the native kernel applies in its epilogue (its `act` codes); others run after."""
+
+
+def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.Array,
+                    bias: jax.Array, act: str | None, strides: Sequence[int],
+                    padding: str | Sequence[tuple[int, int]],
+                    dilation: Sequence[int]) -> jax.Array:
+  """`act(depthwise(x, kernel) * scale + bias)` with per-channel `scale` and `bias`: a
+  depthwise conv followed by an eval-mode BatchNorm and its activation.
+
+  With `native` (and `auto` on CPU) it is one kernel call: `scale` folded into the taps, the
+  shift and the activation (`NATIVE_ACTS`; others run after it) applied as each output
+  block is stored, so the output is written once instead of written, read and written again
+  (XLA cannot fuse into a custom call). Folding the scale into the taps rounds differently
+  from scaling the sum (a few ulps). Its gradient is that of the unfused native form. Other
+  strategies compute the expression as written.
+  """
+  def composed(conv, x, kernel, scale, bias):
+    y = conv(x, kernel, strides, padding, rhs_dilation=dilation,
+             dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[3])
+    return get_act(act)(y * scale + bias)
+
+  def fused(x, kernel, scale, bias):
+    f32 = jnp.dtype(jnp.float32)
+    if not all(a.dtype == f32 for a in (x, kernel, scale, bias)) or (
+        kernel.shape[3] != x.shape[3]):
+      return composed(native, x, kernel, scale, bias)
+    native_kernels.depthwise_targets()
+    kh, kw = kernel.shape[:2]
+    pads = resolve_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
+    geometry = ((kh, kw), tuple(int(v) for v in strides), pads, tuple(int(d) for d in dilation))
+    y = _native_affine_act(geometry, act, x, kernel[:, :, 0, :].reshape(kh * kw, -1), scale,
+                           bias)
+    return y if act in NATIVE_ACTS else get_act(act)(y)
+
+  if strategy == 'native':
+    return fused(x, kernel, scale, bias)
+  if strategy == 'auto':
+    branches = {platform: fused if auto_choice(platform) == 'native'
+                else functools.partial(composed, STRATEGIES[auto_choice(platform)])
+                for platform in AUTO_CHOICE}
+    return lax.platform_dependent(x, kernel, scale, bias,
+                                  default=functools.partial(composed, grouped), **branches)
+  return composed(get_strategy(strategy), x, kernel, scale, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _native_affine_act(geometry, act, x, taps, scale, bias):
+  out = jax.ShapeDtypeStruct(_native_out_shape(geometry, x), x.dtype)
+  return jax.ffi.ffi_call('sepnets_dw_conv_bias_act', out, vmap_method='sequential')(
+      x, taps * scale, bias, act=np.int64(NATIVE_ACTS.get(act, 0)), **_ffi_attrs(geometry))
+
+
+def _native_affine_act_unfused(geometry, act, x, taps, scale, bias):
+  y = _native_conv(geometry, x, taps) * scale + bias
+  return get_act(act)(y) if act in NATIVE_ACTS else y
+
+
+def _native_affine_act_fwd(geometry, act, x, taps, scale, bias):
+  return _native_affine_act(geometry, act, x, taps, scale, bias), (x, taps, scale, bias)
+
+
+def _native_affine_act_bwd(geometry, act, residuals, g):
+  _, vjp = jax.vjp(functools.partial(_native_affine_act_unfused, geometry, act), *residuals)
+  return vjp(g)
+
+
+_native_affine_act.defvjp(_native_affine_act_fwd, _native_affine_act_bwd)
 
 auto = platform_auto(
     lambda: {platform: STRATEGIES[auto_choice(platform)] for platform in AUTO_CHOICE}, grouped,

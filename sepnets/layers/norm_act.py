@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from sepnets import trace
 from sepnets.layers.activations import get_act
 from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv, companion_impl
 
@@ -41,6 +42,13 @@ class BatchNorm(nnx.BatchNorm):
     b = self.bias[...].astype(stats) - mean * a
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     return (xs * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
+
+
+  def folded(self) -> tuple[jax.Array, jax.Array]:
+    """Per-channel (a, b) with eval-mode `self(x) == x * a + b` (running statistics)."""
+    stats = jnp.promote_types(self.dtype or self.scale.dtype, jnp.float32)
+    a = self.scale[...].astype(stats) * lax.rsqrt(self.var[...].astype(stats) + self.epsilon)
+    return a, self.bias[...].astype(stats) - self.mean[...].astype(stats) * a
 
 
 def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
@@ -85,8 +93,25 @@ class ConvNormAct(nnx.Module):
     self.act = get_act(act)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.conv(x)
-    if self.bn is not None:
-      x = self.bn(x)
-    x = self.act(x)
-    return x
+    return conv_norm_act(self.conv, self.bn, self.act_name, x)
+
+
+def fuses_eval_norm(conv: nnx.Module, bn: BatchNorm | None) -> bool:
+  """Eval mode, a depthwise conv whose strategy may run natively: the BatchNorm and the
+  activation go into the conv's kernel call (`DepthwiseConv(norm_act=...)`). Not while
+  `sepnets.trace` records layer calls: the cost model counts the BatchNorm as its own layer."""
+  return (isinstance(conv, DepthwiseConv) and conv.strategy in ('auto', 'native')
+          and bn is not None and bn.use_running_average is True and not conv.use_bias
+          and not trace.recording())
+
+
+def conv_norm_act(conv: nnx.Module, bn: BatchNorm | None, act: str | None,
+                  x: jax.Array) -> jax.Array:
+  """`act(bn(conv(x)))` (no `bn` when None), fused where `fuses_eval_norm` says so: what a
+  ConvNormAct computes, and a quantization wrapper's float mode with it."""
+  if fuses_eval_norm(conv, bn):
+    return conv(x, norm_act=(*bn.folded(), act))
+  x = conv(x)
+  if bn is not None:
+    x = bn(x)
+  return get_act(act)(x)

@@ -25,7 +25,8 @@ import jax
 import jaxlib
 
 SOURCE = Path(__file__).with_name('depthwise.cc')
-TARGETS = {'sepnets_dw_conv': 'SepnetsDwConv', 'sepnets_dw_tap_grad': 'SepnetsDwTapGrad'}
+TARGETS = {'sepnets_dw_conv': 'SepnetsDwConv', 'sepnets_dw_conv_bias_act': 'SepnetsDwConvBiasAct',
+           'sepnets_dw_tap_grad': 'SepnetsDwTapGrad'}
 """Custom-call target -> exported handler symbol."""
 FLAGS = ('-O3', '-march=native', '-std=gnu++17', '-ffp-contract=fast', '-shared', '-fPIC', '-w')
 ENV = 'SEPNETS_NATIVE'

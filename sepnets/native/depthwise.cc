@@ -1,12 +1,14 @@
 // Depthwise convolution kernels for XLA:CPU, called through the XLA FFI.
 //
-// NHWC float32, channel multiplier 1. Built by sepnets/native/build.py and registered as
-// custom-call targets by sepnets/layers/native.py; the Python side computes the geometry
-// (output size, low pads) and passes it as attributes.
+// NHWC float32, channel multiplier 1. Built and registered as custom-call targets by
+// sepnets/native/__init__.py; sepnets/layers/depthwise.py computes the geometry (output
+// size, low pads) and passes it as attributes.
 //
 //   sepnets_dw_conv:      out[n,p,q,c] = sum_{i,j} src[n, row(p,i), col(q,j), c] * taps[i*KW+j, c]
 //                         with row/col the forward window (transposed=0) or its transpose
 //                         (transposed=1: the input gradient, src = the output gradient);
+//   sepnets_dw_conv_bias_act: the forward sepnets_dw_conv, then act(out + bias[c]) with act
+//                         none, relu, relu6 or hard_swish (eval-mode BatchNorm + activation);
 //   sepnets_dw_tap_grad:  out[i*KW+j, c] = sum_{n,p,q} x[n, row(p,i), col(q,j), c] * g[n,p,q,c].
 //
 // Positions outside the source are zero. Work is split over (batch, output row) and run on
@@ -33,6 +35,7 @@ namespace {
 typedef float Vec __attribute__((vector_size(64), aligned(4)));
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 constexpr int64_t kLanes = 16;
+enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
 constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
 constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block the newest row is fetched
 
@@ -123,7 +126,33 @@ struct ConvArgs {
   float* out;
   int64_t n, h, w, c, oh, ow, kh, kw;
   Taps rows, cols;
+  const float* bias = nullptr;  // per channel, added before the activation (the epilogue)
+  int64_t act = kNone;
 };
+
+// out = act(sum + bias), lane by lane: the eval-mode BatchNorm (its scale already folded into
+// the taps) and the activation that follow a depthwise convolution, as JAX computes them.
+template <typename V>
+inline V Epilogue(V v, const float* bias, int64_t act) {
+  v += Load<V>(bias);
+  const V zero = {};
+  const V six = zero + 6.f;
+  switch (act) {
+    case kRelu:
+      return v > zero ? v : zero;
+    case kRelu6:
+      v = v > zero ? v : zero;
+      return v < six ? v : six;
+    case kHardSwish: {
+      V r = v + 3.f;
+      r = r > zero ? r : zero;
+      r = r < six ? r : six;
+      return v * (r * (1.f / 6.f));  // a divide per vector would cost as much as the conv
+    }
+    default:
+      return v;
+  }
+}
 
 // kPixels output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
 // (already offset to the channel block): a forward window of KW taps at stride S, all in
@@ -132,7 +161,7 @@ struct ConvArgs {
 template <typename V, int64_t KW, int64_t S>
 inline void ConvBlock(const float* src, const float* taps, float* out, const int64_t* row_src,
                       const int64_t* row_tap, int64_t nrows, int64_t col0, int64_t w,
-                      int64_t c) {
+                      int64_t c, const float* bias, int64_t act) {
   constexpr int64_t kSpan = (kPixels - 1) * S + KW;
   V acc[kPixels] = {};
   for (int64_t r = 0; r < nrows; ++r) {
@@ -152,8 +181,22 @@ inline void ConvBlock(const float* src, const float* taps, float* out, const int
       }
     }
   }
+  if (bias != nullptr) {
+#pragma GCC unroll 16
+    for (int64_t k = 0; k < kPixels; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
+  }
 #pragma GCC unroll 16
   for (int64_t k = 0; k < kPixels; ++k) Store<V>(out + k * c, acc[k]);
+}
+
+// The interior run [lo, hi) of a forward window's columns whose taps are all in range
+// (lo == hi when there is none).
+std::pair<int64_t, int64_t> InteriorRun(const Taps& cols, int64_t len) {
+  int64_t lo = 0;
+  while (lo < len && !cols.full[lo]) ++lo;
+  int64_t hi = lo;
+  while (hi < len && cols.full[hi]) ++hi;
+  return {lo, hi};
 }
 
 // Output column q of row (b, p), channels [c_begin, c), with only its valid taps.
@@ -179,12 +222,23 @@ void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p,
         acc += width == kLanes ? Load(s) * Load(t) : LoadTail(s, width) * LoadTail(t, width);
       }
     }
+    if (a.bias != nullptr) {
+      float b[kLanes] = {};
+      for (int64_t k = 0; k < width; ++k) b[k] = a.bias[c0 + k];
+      acc = Epilogue<Vec>(acc, b, a.act);
+    }
     if (width == kLanes) Store(out_px + c0, acc); else StoreTail(out_px + c0, acc, width);
   }
 }
 
-// Output row (b, p) with blocks of KW taps at stride S (forward, undilated); 0, 0 when the
-// geometry has no block kernel.
+// Output row (b, p), column by column (any geometry).
+void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
+  const float* src_n = a.src + b * a.h * a.w * a.c;
+  float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
+  for (int64_t q = 0; q < a.ow; ++q) ConvPixel(a, src_n, out_row, p, q, 0);
+}
+
+// Output row (b, p) of a forward, undilated window of KW columns at stride S.
 template <int64_t KW, int64_t S>
 void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
   const int64_t c = a.c;
@@ -198,13 +252,8 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
   // Columns whose taps are all in range form one interior run [lo, hi) (the geometry is a
   // forward window); it goes in register blocks, the last one shifted back to end at hi
   // (recomputing a few columns), and the border columns one by one.
-  int64_t lo = 0, hi = 0;
-  if (KW > 0) {
-    while (lo < a.ow && !a.cols.full[lo]) ++lo;
-    hi = lo;
-    while (hi < a.ow && a.cols.full[hi]) ++hi;
-    if (hi - lo < kPixels) lo = hi = 0;
-  }
+  auto [lo, hi] = InteriorRun(a.cols, a.ow);
+  if (hi - lo < kPixels) lo = hi = 0;
   for (int64_t q = 0; q < a.ow; ++q) {
     if (q == lo && hi > lo) q = hi;
     if (q < a.ow) ConvPixel(a, src_n, out_row, p, q, 0);
@@ -223,11 +272,11 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
     float* out = out_row + q * c;
     for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
       ConvBlock<Vec, KW, S>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
-                            a.w, c);
+                            a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
     }
     if (eight) {
       ConvBlock<Vec8, KW, S>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
-                             nrows, col0, a.w, c);
+                             nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
     } else if (full_c < c) {
       for (int64_t k = 0; k < kPixels; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
     }
@@ -245,13 +294,14 @@ RowFn PickRow(int64_t kw, int64_t sw, int64_t dw, bool transposed) {
     if (kw == 5 && sw == 1) return ConvRow<5, 1>;
     if (kw == 5 && sw == 2) return ConvRow<5, 2>;
   }
-  return ConvRow<0, 1>;
+  return ConvRowColumns;
 }
 
-ffi::Error DwConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> taps,
-                  ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
-                  int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
-                  int64_t transposed) {
+ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
+                   const ffi::Buffer<ffi::F32>& taps, const float* bias, int64_t bias_len,
+                   int64_t act, ffi::Result<ffi::Buffer<ffi::F32>>& out, int64_t kh, int64_t kw,
+                   int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
+                   bool transposed) {
   auto sd = src.dimensions();
   auto od = out->dimensions();
   if (sd.size() != 4 || od.size() != 4 || taps.dimensions().size() != 2) {
@@ -260,24 +310,38 @@ ffi::Error DwConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src, ffi::Buffer<f
   ConvArgs a{src.typed_data(), taps.typed_data(), out->typed_data(), sd[0], sd[1], sd[2], sd[3],
              od[1], od[2], kh, kw};
   if (od[0] != a.n || od[3] != a.c || taps.dimensions()[0] != kh * kw ||
-      taps.dimensions()[1] != a.c) {
-    return ffi::Error::InvalidArgument("sepnets_dw_conv: shapes do not agree");
+      taps.dimensions()[1] != a.c || (bias != nullptr && bias_len != a.c) || act < kNone ||
+      act > kHardSwish) {
+    return ffi::Error::InvalidArgument("sepnets_dw_conv: shapes or activation do not agree");
   }
-  a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed != 0);
-  a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed != 0);
-  const RowFn row_fn = PickRow(kw, sw, dw, transposed != 0);
+  a.bias = bias;
+  a.act = act;
+  a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
+  a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);
+  const RowFn row_fn = PickRow(kw, sw, dw, transposed);
   ParallelFor(pool, a.n * a.oh, [&](int64_t row) { row_fn(a, row / a.oh, row % a.oh); });
   return ffi::Error::Success();
 }
 
-// The interior run [lo, hi) of a forward window's columns whose taps are all in range
-// (lo == hi when there is none).
-std::pair<int64_t, int64_t> InteriorRun(const Taps& cols, int64_t len) {
-  int64_t lo = 0;
-  while (lo < len && !cols.full[lo]) ++lo;
-  int64_t hi = lo;
-  while (hi < len && cols.full[hi]) ++hi;
-  return {lo, hi};
+ffi::Error DwConv(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> taps,
+                  ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                  int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
+                  int64_t transposed) {
+  return RunConv(pool, src, taps, nullptr, 0, kNone, out, kh, kw, sh, sw, dh, dw, ph, pw,
+                 transposed != 0);
+}
+
+// The forward convolution with the epilogue act(sum + bias) (no transposed form: inference).
+ffi::Error DwConvBiasAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src,
+                         ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::F32> bias,
+                         ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                         int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
+                         int64_t act) {
+  if (bias.dimensions().size() != 1) {
+    return ffi::Error::InvalidArgument("sepnets_dw_conv_bias_act: expected a (C,) bias");
+  }
+  return RunConv(pool, src, taps, bias.typed_data(), bias.dimensions()[0], act, out, kh, kw, sh,
+                 sw, dh, dw, ph, pw, false);
 }
 
 // Adds output row p's columns [lo, hi) (all taps in range, rows too) to the tap gradient,
@@ -302,11 +366,10 @@ void TapGradBlock(const float* x_n, const float* g_row, float* acc, const int64_
   for (int64_t t = 0; t < KH * KW; ++t) Store<V>(acc + t * c, Load<V>(acc + t * c) + sum[t]);
 }
 
-// Adds output row p's columns [begin, end) except [skip_lo, skip_hi), channels [c_begin, c),
-// with only their valid taps.
+// Adds output row p's columns except [skip_lo, skip_hi), with only their valid taps.
 void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
                     int64_t kh, int64_t kw, const Taps& rows, const Taps& cols, int64_t p,
-                    int64_t ow, int64_t skip_lo, int64_t skip_hi, int64_t c_begin) {
+                    int64_t ow, int64_t skip_lo, int64_t skip_hi) {
   for (int64_t r = 0; r < rows.count[p]; ++r) {
     const float* x_row = x_n + rows.src[p * kh + r] * w * c;
     const int64_t i = rows.tap[p * kh + r];
@@ -317,7 +380,7 @@ void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w,
       for (int64_t k = 0; k < cols.count[q]; ++k) {
         const float* x_px = x_row + cols.src[q * kw + k] * c;
         float* a = acc + (i * kw + cols.tap[q * kw + k]) * c;
-        for (int64_t c0 = c_begin; c0 < c; c0 += kLanes) {
+        for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
           const int64_t width = std::min(kLanes, c - c0);
           if (width == kLanes) {
             Store(a + c0, Load(a + c0) + Load(x_px + c0) * Load(g_px + c0));
@@ -331,20 +394,23 @@ void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w,
   }
 }
 
-// Adds output row p's contribution to the (KH*KW, C) tap gradient `acc`: register blocks
-// over the interior columns when every row tap is in range (KH, KW > 0), the rest column by
-// column.
+// Adds output row p's contribution to the (KH*KW, C) tap gradient `acc`, column by column
+// (any geometry).
+void TapGradRowColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
+                       int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
+                       int64_t p) {
+  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0);
+}
+
+// The same for a forward, undilated KH x KW window at column stride S: register blocks over
+// the interior columns when every row tap is in range, the rest column by column.
 template <int64_t KH, int64_t KW, int64_t S>
 void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
                 int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
                 int64_t p) {
   auto [lo, hi] = InteriorRun(cols, ow);
-  if constexpr (KH == 0) {
-    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0, 0);
-    return;
-  } else {
   if (!rows.full[p] || hi == lo) {
-    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0, 0);
+    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0);
     return;
   }
   const int64_t full_c = c / kLanes * kLanes;
@@ -368,8 +434,7 @@ void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int
       }
     }
   }
-  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, lo, hi, 0);
-  }
+  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, lo, hi);
 }
 
 using TapRowFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
@@ -382,7 +447,7 @@ TapRowFn PickTapRow(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw) 
     if (kh == 5 && kw == 5 && sw == 1) return TapGradRow<5, 5, 1>;
     if (kh == 5 && kw == 5 && sw == 2) return TapGradRow<5, 5, 2>;
   }
-  return TapGradRow<0, 0, 1>;
+  return TapGradRowColumns;
 }
 
 ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
@@ -444,6 +509,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwConv, DwConv,
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw")
                                   .Attr<int64_t>("transposed"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwConvBiasAct, DwConvBiasAct,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("ph")
+                                  .Attr<int64_t>("pw")
+                                  .Attr<int64_t>("act"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwTapGrad, DwTapGrad,
                               ffi::Ffi::Bind()

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers.conv import DepthwiseConv, PointwiseConv, _Conv2d
-from sepnets.layers.norm_act import ConvNormAct
+from sepnets.layers.norm_act import ConvNormAct, conv_norm_act
 from sepnets.quant.fold import fold_batch_norm
 from sepnets.quant.numerics import check_bits, fake_quant_act, fake_quant_weight
 
@@ -177,12 +177,8 @@ class QConvNormAct(_QuantLayer):
   def _forward(self, x: jax.Array) -> jax.Array:
     if self.mode == 'quant':
       kernel, bias = self.folded()
-      x = self.conv.conv_with(x, self._weight(kernel), bias)
-    else:
-      x = self.conv(x)
-      if self.bn is not None:
-        x = self.bn(x)
-    return self.act(x)
+      return self.act(self.conv.conv_with(x, self._weight(kernel), bias))
+    return conv_norm_act(self.conv, self.bn, self.act_name, x)  # exactly the float layer
 
 
 def _kernel_and_bias(layer: nnx.Module) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sepnets.layers.conv import _Conv2d
+from sepnets.layers.conv import DepthwiseConv, _Conv2d
 
 QWIX_VERSION = '0.1.8'  # the version evaluated; pinned by the `quant` extra
 
@@ -34,12 +34,15 @@ def _qwix():
 
 def _plain_convs(model: nnx.Module) -> nnx.Module:
   """A copy of `model` whose convs all call jax.lax.conv_general_dilated, the op qwix
-  intercepts (on CPU the `shift` and `auto` depthwise strategies and the `auto` pointwise
-  implementation never call it, so qwix would leave those layers float)."""
+  intercepts (on CPU the `shift`, `native` and `auto` depthwise strategies and the `auto`
+  pointwise implementation never call it, so qwix would leave those layers float), and whose
+  depthwise layers are 'grouped', so no BatchNorm is fused into them in eval mode."""
   model = nnx.clone(model)
   for _, node in nnx.iter_graph(model):
     if isinstance(node, _Conv2d):
       node.conv_general_dilated = jax.lax.conv_general_dilated
+    if isinstance(node, DepthwiseConv):
+      node.strategy = 'grouped'
   return model
 
 

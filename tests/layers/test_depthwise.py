@@ -187,3 +187,44 @@ def test_native_register_blocks_match_grouped(channels, width, kernel, stride, p
            for name in ('grouped', 'native')}
   for got, ref in zip(grads['native'], grads['grouped']):
     assert rel_err(got, ref) <= 1e-5
+
+
+def _eval_block(strategy, act, channels, stride, rng):
+  from sepnets.layers import ConvNormAct
+  block = ConvNormAct(channels, channels, 3, stride=stride, groups=channels, act=act,
+                      strategy=strategy, rngs=nnx.Rngs(0))
+  block.bn.mean[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
+  block.bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, channels), jnp.float32)
+  block.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, channels), jnp.float32)
+  block.bn.bias[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
+  block.eval()
+  return block
+
+
+@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish', None])
+@pytest.mark.parametrize('channels,stride', [(24, 1), (37, 2)])
+def test_eval_conv_norm_act_fuses_into_one_native_call(act, channels, stride, rng):
+  """In eval mode a depthwise ConvNormAct with `native` (or `auto` on CPU) is one kernel
+  call (BatchNorm folded, activation in the epilogue; swish runs after it) and equals the
+  unfused grouped reference, value and input gradient."""
+  x = jnp.asarray(rng.standard_normal((2, 13, 21, channels)) * 3, jnp.float32)
+  for strategy in ('native', 'auto'):
+    block = _eval_block(strategy, act, channels, stride, np.random.default_rng(0))
+    ref_block = _eval_block('grouped', act, channels, stride, np.random.default_rng(0))
+    graph, state = nnx.split(block)
+    fn = jax.jit(lambda s, x: nnx.merge(graph, s)(x))
+    hlo = fn.lower(state, x).compile().as_text()
+    assert hlo.count('custom_call_target="sepnets_dw_conv_bias_act"') == 1, strategy
+    assert 'sepnets_dw_conv"' not in hlo
+    assert rel_err(fn(state, x), ref_block(x)) <= 1e-5
+    grad = lambda b: jax.grad(lambda x: jnp.sum(b(x) ** 2))(x)
+    assert rel_err(grad(block), grad(ref_block)) <= 1e-5
+
+
+def test_cost_model_still_sees_the_fused_batchnorm(rng):
+  """`sepnets.trace` records the eval-mode BatchNorm as its own layer even where the compiled
+  block fuses it into the conv."""
+  from sepnets.trace import trace_layers
+  block = _eval_block('auto', 'relu6', 16, 1, rng)
+  calls = trace_layers(block, (1, 8, 8, 16))
+  assert [c.path for c in calls] == ['conv', 'bn']
