@@ -29,6 +29,7 @@ input dilation, batch groups) computes it with the reference, so it is always a 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -54,8 +55,15 @@ def auto_choice(platform: str) -> str:
   """The strategy `auto` runs on `platform` in this process."""
   name = AUTO_CHOICE.get(platform, 'grouped')
   if name == 'native' and not native_kernels.available():
+    if not _warned:
+      _warned.append(True)
+      warnings.warn(f'sepnets: depthwise strategy auto runs {NATIVE_FALLBACK!r} on CPU: '
+                    f'{native_kernels.unavailable_reason()}', RuntimeWarning, stacklevel=2)
     return NATIVE_FALLBACK
   return name
+
+
+_warned: list[bool] = []
 
 
 def grouped(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -227,9 +235,8 @@ def native(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   return _native_conv(geometry, lhs, rhs[:, :, 0, :].reshape(kh * kw, rhs.shape[3]))
 
 
-def _ffi_attrs(geometry, pads=None):
-  (kh, kw), (sh, sw), padding, (dh, dw) = geometry
-  (ph, _), (pw, _) = pads or padding
+def _ffi_attrs(geometry):
+  (kh, kw), (sh, sw), ((ph, _), (pw, _)), (dh, dw) = geometry
   return {name: np.int64(v) for name, v in
           dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, ph=ph, pw=pw).items()}
 

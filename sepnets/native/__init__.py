@@ -110,6 +110,15 @@ def depthwise_targets() -> tuple[str, ...]:
   return tuple(TARGETS)
 
 
+def unavailable_reason() -> str | None:
+  """Why the native kernels cannot be used here, or None when they can."""
+  try:
+    depthwise_targets()
+  except NativeUnavailable as err:
+    return str(err)
+  return None
+
+
 def available() -> bool:
   """Whether the native depthwise kernels can be used in this process (building them now if
   they have not been)."""

@@ -101,11 +101,13 @@ def test_native_unavailable_is_named_and_auto_falls_back(monkeypatch):
   from sepnets import native as native_kernels
   from sepnets.layers import depthwise
   monkeypatch.setenv(native_kernels.ENV, '0')
+  monkeypatch.setattr(depthwise, '_warned', [])
   x = jnp.ones((1, 8, 8, 4))
   w = jnp.ones((3, 3, 1, 4))
   with pytest.raises(native_kernels.NativeUnavailable, match='SEPNETS_NATIVE=0'):
     _conv('native', x, w, 1, 'same', 1)
-  assert depthwise.auto_choice('cpu') == 'shift'
+  with pytest.warns(RuntimeWarning, match="auto runs 'shift' on CPU: native kernels are off"):
+    assert depthwise.auto_choice('cpu') == 'shift'
   hlo = jax.jit(lambda x, w: _conv('auto', x, w, 1, 'same', 1)).lower(x, w).compile().as_text()
   assert 'sepnets_dw_conv' not in hlo and 'convolution' not in hlo
 

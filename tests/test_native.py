@@ -1,0 +1,44 @@
+"""Building and loading the native kernels (sepnets.native): cache, errors, atomic writes."""
+
+import os
+
+import pytest
+
+from sepnets import native
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+  monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+  return tmp_path
+
+
+def test_build_is_cached_by_content(cache):
+  lib = native.build()
+  assert lib.is_file() and lib.parent.parent == cache
+  stamp = lib.stat().st_mtime_ns
+  assert native.build() == lib and lib.stat().st_mtime_ns == stamp  # not rebuilt
+  assert [p.name for p in lib.parent.iterdir()] == [lib.name]  # no temporary left
+
+
+def test_no_compiler_is_named(cache, monkeypatch):
+  monkeypatch.delenv('CXX', raising=False)
+  monkeypatch.setenv('PATH', str(cache))
+  with pytest.raises(native.NativeUnavailable, match='no C\\+\\+ compiler found'):
+    native.build()
+
+
+def test_failed_build_is_named_and_leaves_nothing(cache, monkeypatch):
+  monkeypatch.setenv('CXX', 'false')  # runs, fails
+  with pytest.raises(native.NativeUnavailable, match='building depthwise.cc failed'):
+    native.build()
+  assert not any(p.is_file() for p in cache.rglob('*'))
+
+
+def test_off_switch_is_named(monkeypatch):
+  monkeypatch.setenv(native.ENV, '0')
+  assert not native.available()
+  assert native.unavailable_reason() == f'native kernels are off ({native.ENV}=0)'
+  monkeypatch.delenv(native.ENV)
+  assert native.available() and native.unavailable_reason() is None
+  assert set(native.depthwise_targets()) == set(native.TARGETS)
