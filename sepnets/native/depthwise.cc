@@ -37,6 +37,7 @@ typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 constexpr int64_t kLanes = 16;
 enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
 constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
+constexpr int64_t kFewPixels = 4;  // the blocks for what is left of a row (narrow images)
 constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block the newest row is fetched
 
 // Through memcpy: a template argument drops the typedefs' alignment attribute.
@@ -154,16 +155,16 @@ inline V Epilogue(V v, const float* bias, int64_t act) {
   }
 }
 
-// kPixels output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
+// P output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
 // (already offset to the channel block): a forward window of KW taps at stride S, all in
 // range, whose first source column is `col0`. Each source vector is loaded once and
 // multiplied into every output column it feeds; each tap once per source row.
-template <typename V, int64_t KW, int64_t S>
+template <typename V, int64_t KW, int64_t S, int64_t P>
 inline void ConvBlock(const float* src, const float* taps, float* out, const int64_t* row_src,
                       const int64_t* row_tap, int64_t nrows, int64_t col0, int64_t w,
                       int64_t c, const float* bias, int64_t act) {
-  constexpr int64_t kSpan = (kPixels - 1) * S + KW;
-  V acc[kPixels] = {};
+  constexpr int64_t kSpan = (P - 1) * S + KW;
+  V acc[P] = {};
   for (int64_t r = 0; r < nrows; ++r) {
     const float* s = src + (row_src[r] * w + col0) * c;
     const float* tp = taps + row_tap[r] * KW * c;
@@ -177,16 +178,16 @@ inline void ConvBlock(const float* src, const float* taps, float* out, const int
 #pragma GCC unroll 8
       for (int64_t j = 0; j < KW; ++j) {
         const int64_t k = (m - j) / S;
-        if (m >= j && (m - j) % S == 0 && k < kPixels) acc[k] += v * t[j];
+        if (m >= j && (m - j) % S == 0 && k < P) acc[k] += v * t[j];
       }
     }
   }
   if (bias != nullptr) {
 #pragma GCC unroll 16
-    for (int64_t k = 0; k < kPixels; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
+    for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
   }
 #pragma GCC unroll 16
-  for (int64_t k = 0; k < kPixels; ++k) Store<V>(out + k * c, acc[k]);
+  for (int64_t k = 0; k < P; ++k) Store<V>(out + k * c, acc[k]);
 }
 
 // The interior run [lo, hi) of a forward window's columns whose taps are all in range
@@ -199,35 +200,58 @@ std::pair<int64_t, int64_t> InteriorRun(const Taps& cols, int64_t len) {
   return {lo, hi};
 }
 
-// Output column q of row (b, p), channels [c_begin, c), with only its valid taps.
+// sum_i src[src_off[i]] * taps[tap_off[i]], one channel block.
+template <typename V>
+inline V PixelSum(const float* src, const float* taps, const int64_t* src_off,
+                  const int64_t* tap_off, int64_t n) {
+  V acc = {};
+  for (int64_t i = 0; i < n; ++i) acc += Load<V>(src + src_off[i]) * Load<V>(taps + tap_off[i]);
+  return acc;
+}
+
+// Output column q of row (b, p), channels [c_begin, c), with only its valid taps: the
+// border columns, and any column of a geometry without register blocks.
 void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p, int64_t q,
                int64_t c_begin) {
   const int64_t c = a.c, kw = a.kw;
-  const int64_t nrows = a.rows.count[p];
-  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
-  const int64_t* row_src = a.rows.src.data() + p * a.kh;
-  const int64_t ncols = a.cols.count[q];
-  const int64_t* col_tap = a.cols.tap.data() + q * kw;
-  const int64_t* col_src = a.cols.src.data() + q * kw;
+  std::vector<int64_t> offsets;  // (source, tap) offset pairs of the valid taps
+  int64_t local[2 * 64];
+  const int64_t most = a.rows.count[p] * a.cols.count[q];
+  if (most > 64) offsets.resize(2 * most);
+  int64_t* src_off = most > 64 ? offsets.data() : local;
+  int64_t* tap_off = src_off + most;
+  int64_t n = 0;
+  for (int64_t r = 0; r < a.rows.count[p]; ++r) {
+    for (int64_t k = 0; k < a.cols.count[q]; ++k, ++n) {
+      src_off[n] = (a.rows.src[p * a.kh + r] * a.w + a.cols.src[q * kw + k]) * c;
+      tap_off[n] = (a.rows.tap[p * a.kh + r] * kw + a.cols.tap[q * kw + k]) * c;
+    }
+  }
   float* out_px = out_row + q * c;
-  for (int64_t c0 = c_begin; c0 < c; c0 += kLanes) {
-    const int64_t width = std::min(kLanes, c - c0);
+  int64_t c0 = c_begin;
+  for (; c0 + kLanes <= c; c0 += kLanes) {
+    Vec acc = PixelSum<Vec>(src_n + c0, a.taps + c0, src_off, tap_off, n);
+    if (a.bias != nullptr) acc = Epilogue<Vec>(acc, a.bias + c0, a.act);
+    Store<Vec>(out_px + c0, acc);
+  }
+  if (c0 + 8 <= c) {
+    Vec8 acc = PixelSum<Vec8>(src_n + c0, a.taps + c0, src_off, tap_off, n);
+    if (a.bias != nullptr) acc = Epilogue<Vec8>(acc, a.bias + c0, a.act);
+    Store<Vec8>(out_px + c0, acc);
+    c0 += 8;
+  }
+  if (c0 < c) {  // fewer than 8 lanes left: through a zero-padded block
+    const int64_t width = c - c0;
     Vec acc = {};
-    for (int64_t r = 0; r < nrows; ++r) {
-      const float* src_row = src_n + row_src[r] * a.w * c + c0;
-      const float* tap_row = a.taps + row_tap[r] * kw * c + c0;
-      for (int64_t k = 0; k < ncols; ++k) {
-        const float* s = src_row + col_src[k] * c;
-        const float* t = tap_row + col_tap[k] * c;
-        acc += width == kLanes ? Load(s) * Load(t) : LoadTail(s, width) * LoadTail(t, width);
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      acc += LoadTail(src_n + c0 + src_off[i], width) * LoadTail(a.taps + c0 + tap_off[i], width);
     }
     if (a.bias != nullptr) {
       float b[kLanes] = {};
       for (int64_t k = 0; k < width; ++k) b[k] = a.bias[c0 + k];
       acc = Epilogue<Vec>(acc, b, a.act);
     }
-    if (width == kLanes) Store(out_px + c0, acc); else StoreTail(out_px + c0, acc, width);
+    StoreTail(out_px + c0, acc, width);
   }
 }
 
@@ -239,47 +263,57 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
 }
 
 // Output row (b, p) of a forward, undilated window of KW columns at stride S.
-template <int64_t KW, int64_t S>
-void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
+// Output columns [q, q + P) of row (b, p), all taps in range, every channel block; first
+// prefetching columns [ahead, ahead + P) of the newest source row and of the output (none when
+// ahead < 0): the hardware prefetchers alone leave this loop waiting on memory.
+template <int64_t KW, int64_t S, int64_t P>
+void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead) {
   const int64_t c = a.c;
   const int64_t full_c = c / kLanes * kLanes;
-  const bool eight = c - full_c == 8;
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
   const float* src_n = a.src + b * a.h * a.w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
-  // Columns whose taps are all in range form one interior run [lo, hi) (the geometry is a
-  // forward window); it goes in register blocks, the last one shifted back to end at hi
-  // (recomputing a few columns), and the border columns one by one.
+  if (ahead >= 0) {
+    const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
+    for (int64_t k = 0; k < ((P - 1) * S + KW) * c; k += 16) __builtin_prefetch(src_next + k, 0, 3);
+    for (int64_t k = 0; k < P * c; k += 16) __builtin_prefetch(out_row + ahead * c + k, 1, 3);
+  }
+  const int64_t col0 = a.cols.src[q * KW];
+  float* out = out_row + q * c;
+  for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
+    ConvBlock<Vec, KW, S, P>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
+                             a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
+  }
+  if (c - full_c == 8) {
+    ConvBlock<Vec8, KW, S, P>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
+                              nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
+  } else if (full_c < c) {
+    for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
+  }
+}
+
+// Output row (b, p) of a forward, undilated window of KW columns at stride S. Columns whose
+// taps are all in range form one interior run [lo, hi): blocks of kPixels columns, then of
+// kFewPixels (the last one shifted back to end at hi, recomputing up to 3 columns); the
+// border columns one by one.
+template <int64_t KW, int64_t S>
+void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
   auto [lo, hi] = InteriorRun(a.cols, a.ow);
-  if (hi - lo < kPixels) lo = hi = 0;
+  if (hi - lo < kFewPixels) lo = hi = 0;
+  const float* src_n = a.src + b * a.h * a.w * a.c;
+  float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
   for (int64_t q = 0; q < a.ow; ++q) {
     if (q == lo && hi > lo) q = hi;
     if (q < a.ow) ConvPixel(a, src_n, out_row, p, q, 0);
   }
-  for (int64_t start = lo; start < hi; start += kPixels) {
-    const int64_t q = std::min(start, hi - kPixels);
-    // The newest source row (the others were read for the previous output row) and the
-    // output, a few blocks ahead: the hardware prefetchers alone leave this loop waiting.
-    const int64_t ahead = std::min(q + kPrefetchPixels, hi - kPixels);
-    const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
-    for (int64_t k = 0; k < ((kPixels - 1) * S + KW) * c; k += 16) {
-      __builtin_prefetch(src_next + k, 0, 3);
-    }
-    for (int64_t k = 0; k < kPixels * c; k += 16) __builtin_prefetch(out_row + ahead * c + k, 1, 3);
-    const int64_t col0 = a.cols.src[q * KW];
-    float* out = out_row + q * c;
-    for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
-      ConvBlock<Vec, KW, S>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
-                            a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
-    }
-    if (eight) {
-      ConvBlock<Vec8, KW, S>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
-                             nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
-    } else if (full_c < c) {
-      for (int64_t k = 0; k < kPixels; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
-    }
+  int64_t q = lo;
+  for (; hi - q >= kPixels; q += kPixels) {
+    ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, hi - kPixels));
+  }
+  for (; q < hi; q += kFewPixels) {
+    ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, hi - kFewPixels), -1);
   }
 }
 
