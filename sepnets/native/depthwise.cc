@@ -38,6 +38,7 @@ constexpr int64_t kLanes = 16;
 enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
 constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
 constexpr int64_t kFewPixels = 4;  // the blocks for what is left of a row (narrow images)
+constexpr int64_t kTile = 64;  // channels per pass over a row in the forward loop
 constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block the newest row is fetched
 
 // Through memcpy: a template argument drops the typedefs' alignment attribute.
@@ -263,11 +264,13 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
 }
 
 // Output row (b, p) of a forward, undilated window of KW columns at stride S.
-// Output columns [q, q + P) of row (b, p), all taps in range, every channel block; first
-// prefetching columns [ahead, ahead + P) of the newest source row and of the output (none when
-// ahead < 0): the hardware prefetchers alone leave this loop waiting on memory.
+// Output columns [q, q + P) of row (b, p), all taps in range, channels [c_lo, c_hi) (whole
+// 16-lane blocks) and, with `tail`, the channels after the last whole block; first
+// prefetching those channels of columns [ahead, ahead + P) of the newest source row and of
+// the output (none when ahead < 0): the hardware prefetchers alone leave this loop waiting.
 template <int64_t KW, int64_t S, int64_t P>
-void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead) {
+void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead, int64_t c_lo,
+                 int64_t c_hi, bool tail) {
   const int64_t c = a.c;
   const int64_t full_c = c / kLanes * kLanes;
   const int64_t nrows = a.rows.count[p];
@@ -277,27 +280,36 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
   if (ahead >= 0) {
     const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
-    for (int64_t k = 0; k < ((P - 1) * S + KW) * c; k += 16) __builtin_prefetch(src_next + k, 0, 3);
-    for (int64_t k = 0; k < P * c; k += 16) __builtin_prefetch(out_row + ahead * c + k, 1, 3);
+    const int64_t width = (tail ? c : c_hi) - c_lo;
+    for (int64_t m = 0; m < (P - 1) * S + KW; ++m) {
+      for (int64_t k = 0; k < width; k += 16) __builtin_prefetch(src_next + m * c + c_lo + k, 0, 3);
+    }
+    for (int64_t m = 0; m < P; ++m) {
+      for (int64_t k = 0; k < width; k += 16) {
+        __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
+      }
+    }
   }
   const int64_t col0 = a.cols.src[q * KW];
   float* out = out_row + q * c;
-  for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
+  for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
     ConvBlock<Vec, KW, S, P>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
                              a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
   }
+  if (!tail || full_c == c) return;
   if (c - full_c == 8) {
     ConvBlock<Vec8, KW, S, P>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
                               nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
-  } else if (full_c < c) {
+  } else {
     for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
   }
 }
 
 // Output row (b, p) of a forward, undilated window of KW columns at stride S. Columns whose
 // taps are all in range form one interior run [lo, hi): blocks of kPixels columns, then of
-// kFewPixels (the last one shifted back to end at hi, recomputing up to 3 columns); the
-// border columns one by one.
+// kFewPixels (the last one shifted back to end at hi, recomputing up to 3 columns), one tile
+// of kTile channels at a time (so the rows' tile stays in L1 across the blocks); the border
+// columns one by one.
 template <int64_t KW, int64_t S>
 void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
   auto [lo, hi] = InteriorRun(a.cols, a.ow);
@@ -308,12 +320,19 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
     if (q == lo && hi > lo) q = hi;
     if (q < a.ow) ConvPixel(a, src_n, out_row, p, q, 0);
   }
-  int64_t q = lo;
-  for (; hi - q >= kPixels; q += kPixels) {
-    ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, hi - kPixels));
-  }
-  for (; q < hi; q += kFewPixels) {
-    ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, hi - kFewPixels), -1);
+  if (hi == lo) return;
+  const int64_t full_c = a.c / kLanes * kLanes;
+  for (int64_t c_lo = 0; c_lo < full_c || (c_lo == 0 && full_c == 0); c_lo += kTile) {
+    const int64_t c_hi = std::min(c_lo + kTile, full_c);
+    const bool tail = c_hi == full_c;
+    int64_t q = lo;
+    for (; hi - q >= kPixels; q += kPixels) {
+      ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, hi - kPixels), c_lo,
+                                  c_hi, tail);
+    }
+    for (; q < hi; q += kFewPixels) {
+      ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, hi - kFewPixels), -1, c_lo, c_hi, tail);
+    }
   }
 }
 

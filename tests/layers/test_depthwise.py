@@ -164,7 +164,8 @@ def test_shift_backward_does_not_materialize_the_windows():
   assert temp < 4 * 8 * 32 * 32 * 32 * 4, temp
 
 
-@pytest.mark.parametrize('channels', [6, 16, 24, 37])  # tail only, blocks, block + 8, + 5
+# tail only, blocks, block + 8, + 5; two 64-channel tiles + 8, + 3
+@pytest.mark.parametrize('channels', [6, 16, 24, 37, 88, 131])
 @pytest.mark.parametrize('width,kernel,stride,padding,dilation', [
     (21, 3, 1, 'same', 1), (21, 3, 2, 'same', 1), (22, 3, 2, 'symmetric', 1),
     (26, 5, 1, 'same', 1), (27, 5, 2, 'symmetric', 1), (20, 3, 1, 'valid', 1),
