@@ -139,16 +139,17 @@ inline V Epilogue(V v, const float* bias, int64_t act) {
   v += Load<V>(bias);
   const V zero = {};
   const V six = zero + 6.f;
+  // Comparisons written so that a NaN passes through, as jnp.maximum / jnp.minimum keep it.
   switch (act) {
     case kRelu:
-      return v > zero ? v : zero;
+      return v < zero ? zero : v;
     case kRelu6:
-      v = v > zero ? v : zero;
-      return v < six ? v : six;
+      v = v < zero ? zero : v;
+      return v > six ? six : v;
     case kHardSwish: {
       V r = v + 3.f;
-      r = r > zero ? r : zero;
-      r = r < six ? r : six;
+      r = r < zero ? zero : r;
+      r = r > six ? six : r;
       return v * (r * (1.f / 6.f));  // a divide per vector would cost as much as the conv
     }
     default:

@@ -231,3 +231,16 @@ def test_cost_model_still_sees_the_fused_batchnorm(rng):
   block = _eval_block('auto', 'relu6', 16, 1, rng)
   calls = trace_layers(block, (1, 8, 8, 16))
   assert [c.path for c in calls] == ['conv', 'bn']
+
+
+@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish'])
+def test_fused_epilogue_keeps_nan_and_inf_as_jax_does(act):
+  """The native epilogue's activations treat NaN and +-inf like jnp.maximum/minimum do."""
+  from sepnets.layers.activations import get_act
+  from sepnets.layers.depthwise import conv_affine_act
+  x = jnp.zeros((1, 4, 12, 16), jnp.float32)
+  kernel = jnp.zeros((3, 3, 1, 16), jnp.float32)
+  bias = jnp.asarray([np.nan, np.inf, -np.inf, -1.0, 7.0, 2.0] + [0.5] * 10, jnp.float32)
+  got = conv_affine_act('native', x, kernel, jnp.ones(16), bias, act, (1, 1), 'SAME', (1, 1))
+  want = get_act(act)(jnp.broadcast_to(bias, got.shape))
+  np.testing.assert_array_equal(got, want)
