@@ -44,11 +44,15 @@ class BatchNorm(nnx.BatchNorm):
     return (xs * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
 
 
-  def folded(self) -> tuple[jax.Array, jax.Array]:
-    """Per-channel (a, b) with eval-mode `self(x) == x * a + b` (running statistics)."""
-    stats = jnp.promote_types(self.dtype or self.scale.dtype, jnp.float32)
-    a = self.scale[...].astype(stats) * lax.rsqrt(self.var[...].astype(stats) + self.epsilon)
-    return a, self.bias[...].astype(stats) - self.mean[...].astype(stats) * a
+def batch_norm_affine(bn: nnx.BatchNorm) -> tuple[jax.Array, jax.Array]:
+  """Per-channel float32 (g, shift) with eval-mode `bn(x) == x * g + shift`: g = gamma /
+  sqrt(var + eps), shift = beta - mean * g, from the running statistics (no gamma: 1, no
+  beta: 0). What folding a BatchNorm into the conv before it uses."""
+  mean = bn.mean[...].astype(jnp.float32)
+  gamma = bn.scale[...].astype(jnp.float32) if bn.scale is not None else jnp.ones_like(mean)
+  beta = bn.bias[...].astype(jnp.float32) if bn.bias is not None else jnp.zeros_like(mean)
+  g = gamma * lax.rsqrt(bn.var[...].astype(jnp.float32) + bn.epsilon)
+  return g, beta - mean * g
 
 
 def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
@@ -110,7 +114,7 @@ def conv_norm_act(conv: nnx.Module, bn: BatchNorm | None, act: str | None,
   """`act(bn(conv(x)))` (no `bn` when None), fused where `fuses_eval_norm` says so: what a
   ConvNormAct computes, and a quantization wrapper's float mode with it."""
   if fuses_eval_norm(conv, bn):
-    return conv(x, norm_act=(*bn.folded(), act))
+    return conv(x, norm_act=(*batch_norm_affine(bn), act))
   x = conv(x)
   if bn is not None:
     x = bn(x)
