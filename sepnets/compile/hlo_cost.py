@@ -71,7 +71,8 @@ CUDNN_CONV = {'__cudnn$convForward': 'forward', '__cudnn$convBiasActivationForwa
               '__cudnn$convBackwardInput': 'backward_input',
               '__cudnn$convBackwardFilter': 'backward_filter'}
 CUBLAS_GEMM = ('__cublas$gemm', '__cublas$lt$matmul')
-NATIVE_DEPTHWISE = {'sepnets_dw_conv': 'native', 'sepnets_dw_tap_grad': 'native_tap_grad'}
+NATIVE_DEPTHWISE = {'sepnets_dw_conv': 'native', 'sepnets_dw_conv_bias_act': 'native',
+                    'sepnets_dw_tap_grad': 'native_tap_grad'}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,3 +181,15 @@ def test_native_depthwise_calls_count_as_the_convolution():
   assert abs(cost.flops - result.stats.flops - sum(c.flops for c in native)) <= \
       1e-5 * result.stats.flops
   assert rec.unexplained == 0
+
+
+def test_fused_eval_depthwise_calls_count_as_the_convolution():
+  """In eval mode each depthwise layer is one fused native call (conv, BatchNorm, activation),
+  counted as its convolution: every forward conv still reconciles exactly."""
+  rec, _ = _reconciled('mobilenet_v3_small', 'infer', 'auto', 'cpu')
+  result = compile_workload(model_workload('mobilenet_v3_small', mode='infer', batch=2,
+                                           image_size=32, strategy='auto'), parse_target('cpu'))
+  depthwise = [layer for layer in rec.layers if layer.kind == 'depthwise']
+  assert depthwise and all(layer.status == 'exact' for layer in depthwise)
+  assert result.census.custom_calls == {'sepnets_dw_conv_bias_act': len(depthwise)}
+  assert rec.unexplained == 0
