@@ -26,8 +26,9 @@ Deliberate differences:
   applies the forward formula to the custom call's operands as they come.
 - sepnets' own depthwise kernels (XLA:CPU custom calls, `sepnets.layers.depthwise.native`)
   are counted as the depthwise convolution they compute, 2 x MACs over valid taps (the input
-  and tap gradients as many as the forward); XLA counts no flops for a custom call, so its
-  total is lower by exactly these.
+  and tap gradients as many as the forward; the eval-mode call with BatchNorm and activation
+  fused in counts its convolution only); XLA counts no flops for a custom call, so its total
+  is lower by exactly these.
 - XLA's GPU analysis weighs elementwise ops by a per-op throughput profile (default 3
   'flops' per element); here every target uses 1, so the counts compare across targets.
 - bytes accessed: every top-level instruction's operands plus outputs, zero for parameters,
