@@ -228,11 +228,20 @@ def native(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
       or jnp.dtype(preferred_element_type or f32) != f32):
     return shift(*args)
   native_kernels.depthwise_targets()
-  kh, kw = rhs.shape[:2]
-  pads = resolve_pads(padding, lhs.shape[1:3], (kh, kw), window_strides, rhs_dilation or (1, 1))
-  geometry = ((kh, kw), tuple(int(s) for s in window_strides), pads,
-              tuple(int(d) for d in (rhs_dilation or (1, 1))))
-  return _native_conv(geometry, lhs, rhs[:, :, 0, :].reshape(kh * kw, rhs.shape[3]))
+  geometry = _native_geometry(lhs, rhs, window_strides, padding, rhs_dilation or (1, 1))
+  return _native_conv(geometry, lhs, _taps(rhs))
+
+
+def _native_geometry(x, kernel, strides, padding, dilation):
+  """((kh, kw), strides, explicit pads, dilation) of a native kernel call, as plain ints."""
+  kh, kw = kernel.shape[:2]
+  pads = resolve_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
+  return (kh, kw), tuple(int(v) for v in strides), pads, tuple(int(d) for d in dilation)
+
+
+def _taps(kernel):
+  """A (KH, KW, 1, C) depthwise kernel as the native kernels' (KH*KW, C) taps."""
+  return kernel[:, :, 0, :].reshape(kernel.shape[0] * kernel.shape[1], kernel.shape[3])
 
 
 def _ffi_attrs(geometry):
@@ -318,11 +327,8 @@ def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.A
         kernel.shape[3] != x.shape[3]):
       return composed(native, x, kernel, scale, bias)
     native_kernels.depthwise_targets()
-    kh, kw = kernel.shape[:2]
-    pads = resolve_pads(padding, x.shape[1:3], (kh, kw), strides, dilation)
-    geometry = ((kh, kw), tuple(int(v) for v in strides), pads, tuple(int(d) for d in dilation))
-    y = _native_affine_act(geometry, act, x, kernel[:, :, 0, :].reshape(kh * kw, -1), scale,
-                           bias)
+    geometry = _native_geometry(x, kernel, strides, padding, dilation)
+    y = _native_affine_act(geometry, act, x, _taps(kernel), scale, bias)
     return y if act in NATIVE_ACTS else get_act(act)(y)
 
   if strategy == 'native':

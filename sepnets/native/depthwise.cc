@@ -64,10 +64,12 @@ inline void StoreTail(float* p, Vec v, int64_t n) {
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
 // window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
-// p (p = s*stride + i*dilation - low). Also whether all `kernel` taps are valid.
+// p (p = s*stride + i*dilation - low). Also whether all `kernel` taps are valid, and the
+// first run [lo, hi) of such indices (lo == hi when there is none).
 struct Taps {
   std::vector<int64_t> count, tap, src;  // count per p; tap/src at [p * kernel + k]
   std::vector<char> full;
+  int64_t lo = 0, hi = 0;
 };
 
 Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
@@ -94,6 +96,8 @@ Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
     }
     t.full[p] = t.count[p] == kernel;
   }
+  while (t.lo < out_len && !t.full[t.lo]) ++t.lo;
+  for (t.hi = t.lo; t.hi < out_len && t.full[t.hi];) ++t.hi;
   return t;
 }
 
@@ -191,16 +195,6 @@ inline void ConvBlock(const float* src, const float* taps, float* out, const int
   }
 #pragma GCC unroll 16
   for (int64_t k = 0; k < P; ++k) Store<V>(out + k * c, acc[k]);
-}
-
-// The interior run [lo, hi) of a forward window's columns whose taps are all in range
-// (lo == hi when there is none).
-std::pair<int64_t, int64_t> InteriorRun(const Taps& cols, int64_t len) {
-  int64_t lo = 0;
-  while (lo < len && !cols.full[lo]) ++lo;
-  int64_t hi = lo;
-  while (hi < len && cols.full[hi]) ++hi;
-  return {lo, hi};
 }
 
 // sum_i src[src_off[i]] * taps[tap_off[i]], one channel block.
@@ -314,7 +308,7 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
 // columns one by one.
 template <int64_t KW, int64_t S>
 void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
-  auto [lo, hi] = InteriorRun(a.cols, a.ow);
+  auto [lo, hi] = std::pair(a.cols.lo, a.cols.hi);
   if (hi - lo < kFewPixels) lo = hi = 0;
   const float* src_n = a.src + b * a.h * a.w * a.c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
@@ -463,7 +457,7 @@ template <int64_t KH, int64_t KW, int64_t S>
 void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
                 int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
                 int64_t p) {
-  auto [lo, hi] = InteriorRun(cols, ow);
+  const int64_t lo = cols.lo, hi = cols.hi;
   if (!rows.full[p] || hi == lo) {
     TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0);
     return;
