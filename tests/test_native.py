@@ -1,7 +1,10 @@
 """Building and loading the native kernels (sepnets.native): cache, errors, atomic writes."""
 
 import os
+import platform
+import subprocess
 
+import jax
 import pytest
 
 from sepnets import native
@@ -42,3 +45,16 @@ def test_off_switch_is_named(monkeypatch):
   monkeypatch.delenv(native.ENV)
   assert native.available() and native.unavailable_reason() is None
   assert set(native.depthwise_targets()) == set(native.TARGETS)
+
+
+@pytest.mark.skipif(platform.machine() not in ('x86_64', 'AMD64'), reason='x86 instruction sets')
+@pytest.mark.parametrize('march', ['x86-64', 'haswell', 'skylake-avx512'])
+def test_source_compiles_for_each_x86_vector_width(march, tmp_path):
+  """The kernels are built with -march=native, so a machine without AVX-512 (or AVX) compiles
+  other code: each vector width (SSE 4, AVX2 8, AVX-512 16 floats) must build, whatever this
+  machine is (a 64-byte vector pinned to one register once failed on AVX2)."""
+  flags = [f for f in native.FLAGS if f not in ('-O3', '-march=native', '-shared', '-fPIC')]
+  cmd = [native._compiler(), '-O0', f'-march={march}', *flags, '-I', jax.ffi.include_dir(), '-c',
+         str(native.SOURCE), '-o', str(tmp_path / 'depthwise.o')]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]

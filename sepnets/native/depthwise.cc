@@ -30,12 +30,22 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// 16 and 8 floats, unaligned: GCC lowers arithmetic on them to AVX-512, AVX2 or SSE
-// instructions, whatever -march allows. Channel blocks are 16 wide, and an 8-wide one takes
-// a tail of 8 (72, 120, 184, 200 channels); other tails go lane by lane.
-typedef float Vec __attribute__((vector_size(64), aligned(4)));
-typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
-constexpr int64_t kLanes = 16;
+// One register of floats (16 with AVX-512, 8 with AVX/AVX2, else 4), unaligned, and half of
+// one: GCC lowers arithmetic on them to whatever instructions -march allows. Channel blocks
+// are a register wide, and a half-register block takes a tail of that width (72, 120, 184 or
+// 200 channels with AVX-512); other tails go lane by lane.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+typedef float Vec __attribute__((vector_size(kVecBytes), aligned(4)));
+typedef float Half __attribute__((vector_size(kVecBytes / 2), aligned(4)));
+constexpr int64_t kLanes = kVecBytes / 4;
+constexpr int64_t kHalfLanes = kLanes / 2;
+constexpr int64_t kLineFloats = 16;  // floats per 64-byte cache line (prefetch stride)
 enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
 constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
 constexpr int64_t kFewPixels = 4;  // the blocks for what is left of a row (narrow images)
@@ -162,6 +172,17 @@ inline V Epilogue(V v, const float* bias, int64_t act) {
   }
 }
 
+// Keeps v in a register: GCC would otherwise fold the load into every FMA that uses it, one
+// memory operand per tap. A no-op where v is not one register (or not on x86 / AArch64).
+template <typename V>
+inline void PinRegister(V& v) {
+#if defined(__x86_64__)
+  if constexpr (sizeof(V) <= kVecBytes) asm("" : "+v"(v));
+#elif defined(__aarch64__)
+  if constexpr (sizeof(V) <= 16) asm("" : "+w"(v));
+#endif
+}
+
 // P output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
 // (already offset to the channel block): a forward window of KW taps at stride S, all in
 // range, whose first source column is `col0`. Each source vector is loaded once and
@@ -181,7 +202,7 @@ inline void ConvBlock(const float* src, const float* taps, float* out, const int
 #pragma GCC unroll 64
     for (int64_t m = 0; m < kSpan; ++m) {
       V v = Load<V>(s + m * c);
-      asm("" : "+v"(v));  // one load into a register, not one memory operand per tap
+      PinRegister(v);
 #pragma GCC unroll 8
       for (int64_t j = 0; j < KW; ++j) {
         const int64_t k = (m - j) / S;
@@ -231,13 +252,13 @@ void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p,
     if (a.bias != nullptr) acc = Epilogue<Vec>(acc, a.bias + c0, a.act);
     Store<Vec>(out_px + c0, acc);
   }
-  if (c0 + 8 <= c) {
-    Vec8 acc = PixelSum<Vec8>(src_n + c0, a.taps + c0, src_off, tap_off, n);
-    if (a.bias != nullptr) acc = Epilogue<Vec8>(acc, a.bias + c0, a.act);
-    Store<Vec8>(out_px + c0, acc);
-    c0 += 8;
+  if (c0 + kHalfLanes <= c) {
+    Half acc = PixelSum<Half>(src_n + c0, a.taps + c0, src_off, tap_off, n);
+    if (a.bias != nullptr) acc = Epilogue<Half>(acc, a.bias + c0, a.act);
+    Store<Half>(out_px + c0, acc);
+    c0 += kHalfLanes;
   }
-  if (c0 < c) {  // fewer than 8 lanes left: through a zero-padded block
+  if (c0 < c) {  // fewer than kHalfLanes lanes left: through a zero-padded block
     const int64_t width = c - c0;
     Vec acc = {};
     for (int64_t i = 0; i < n; ++i) {
@@ -261,7 +282,7 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
 
 // Output row (b, p) of a forward, undilated window of KW columns at stride S.
 // Output columns [q, q + P) of row (b, p), all taps in range, channels [c_lo, c_hi) (whole
-// 16-lane blocks) and, with `tail`, the channels after the last whole block; first
+// register-wide blocks) and, with `tail`, the channels after the last whole block; first
 // prefetching those channels of columns [ahead, ahead + P) of the newest source row and of
 // the output (none when ahead < 0): the hardware prefetchers alone leave this loop waiting.
 template <int64_t KW, int64_t S, int64_t P>
@@ -278,10 +299,10 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
     const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
     const int64_t width = (tail ? c : c_hi) - c_lo;
     for (int64_t m = 0; m < (P - 1) * S + KW; ++m) {
-      for (int64_t k = 0; k < width; k += 16) __builtin_prefetch(src_next + m * c + c_lo + k, 0, 3);
+      for (int64_t k = 0; k < width; k += kLineFloats) __builtin_prefetch(src_next + m * c + c_lo + k, 0, 3);
     }
     for (int64_t m = 0; m < P; ++m) {
-      for (int64_t k = 0; k < width; k += 16) {
+      for (int64_t k = 0; k < width; k += kLineFloats) {
         __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
       }
     }
@@ -293,8 +314,8 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
                              a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
   }
   if (!tail || full_c == c) return;
-  if (c - full_c == 8) {
-    ConvBlock<Vec8, KW, S, P>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
+  if (c - full_c == kHalfLanes) {
+    ConvBlock<Half, KW, S, P>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
                               nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
   } else {
     for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
@@ -468,8 +489,8 @@ void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int
   for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
     TapGradBlock<Vec, KH, KW, S>(x_n + c0, g_row + c0, acc + c0, row_src, lo, hi, col_lo, w, c);
   }
-  if (c - full_c == 8) {
-    TapGradBlock<Vec8, KH, KW, S>(x_n + full_c, g_row + full_c, acc + full_c, row_src, lo, hi,
+  if (c - full_c == kHalfLanes) {
+    TapGradBlock<Half, KH, KW, S>(x_n + full_c, g_row + full_c, acc + full_c, row_src, lo, hi,
                                   col_lo, w, c);
   } else if (full_c < c) {  // the remaining lanes of the interior, one column at a time
     for (int64_t r = 0; r < kh; ++r) {
