@@ -50,7 +50,8 @@ enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
 constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
 constexpr int64_t kFewPixels = 4;  // the blocks for what is left of a row (narrow images)
 constexpr int64_t kTile = 64;  // channels per pass over a row in the forward loop
-constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block the newest row is fetched
+constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block its output is fetched
+constexpr int64_t kMaxRows = 5;  // kernel rows of the register-blocked forward (3x3, 5x5)
 
 // Through memcpy: a template argument drops the typedefs' alignment attribute.
 template <typename V>
@@ -145,6 +146,8 @@ struct ConvArgs {
   Taps rows, cols;
   const float* bias = nullptr;  // per channel, added before the activation (the epilogue)
   int64_t act = kNone;
+  int64_t col_low = 0;  // the forward window's low column pad (source column of q: q*S - col_low)
+  const float* zeros = nullptr;  // c zeros: the source of columns outside the input
 };
 
 // out = act(sum + bias), lane by lane: the eval-mode BatchNorm (its scale already folded into
@@ -183,25 +186,43 @@ inline void PinRegister(V& v) {
 #endif
 }
 
-// P output columns of one row, channels [0, V's width) from `src` / `taps` / `out`
-// (already offset to the channel block): a forward window of KW taps at stride S, all in
-// range, whose first source column is `col0`. Each source vector is loaded once and
-// multiplied into every output column it feeds; each tap once per source row.
-template <typename V, int64_t KW, int64_t S, int64_t P>
-inline void ConvBlock(const float* src, const float* taps, float* out, const int64_t* row_src,
-                      const int64_t* row_tap, int64_t nrows, int64_t col0, int64_t w,
-                      int64_t c, const float* bias, int64_t act) {
+// The source of a register block whose columns are all inside the input: row r's columns
+// start at src + (row_src[r] * w + col0) * c (src already offset to the channel block).
+struct InsideSource {
+  const float* src;
+  const int64_t* row_src;
+  int64_t w, c, col0;
+  const float* Row(int64_t r) const { return src + (row_src[r] * w + col0) * c; }
+  const float* At(const float* row, int64_t m) const { return row + m * c; }
+};
+
+// The source of a block that reaches past the input's left or right edge: a pointer per (row,
+// column of the span), to the zeros where the column is outside, plus the channel offset.
+struct EdgeSource {
+  const float* const* ptrs;  // [r * span + m]
+  int64_t span, c0;
+  const float* const* Row(int64_t r) const { return ptrs + r * span; }
+  const float* At(const float* const* row, int64_t m) const { return row[m] + c0; }
+};
+
+// P output columns of one row, channels [0, V's width) of `taps` / `out` (already offset to
+// the channel block), from `src`: a forward window of KW taps at stride S over nrows source
+// rows. Each source vector is loaded once and multiplied into every output column it feeds;
+// each tap once per source row.
+template <typename V, int64_t KW, int64_t S, int64_t P, typename Source>
+inline void ConvBlock(const Source& src, const float* taps, float* out, const int64_t* row_tap,
+                      int64_t nrows, int64_t c, const float* bias, int64_t act) {
   constexpr int64_t kSpan = (P - 1) * S + KW;
   V acc[P] = {};
   for (int64_t r = 0; r < nrows; ++r) {
-    const float* s = src + (row_src[r] * w + col0) * c;
+    const auto row = src.Row(r);
     const float* tp = taps + row_tap[r] * KW * c;
     V t[KW];
 #pragma GCC unroll 8
     for (int64_t j = 0; j < KW; ++j) t[j] = Load<V>(tp + j * c);
 #pragma GCC unroll 64
     for (int64_t m = 0; m < kSpan; ++m) {
-      V v = Load<V>(s + m * c);
+      V v = Load<V>(src.At(row, m));
       PinRegister(v);
 #pragma GCC unroll 8
       for (int64_t j = 0; j < KW; ++j) {
@@ -280,85 +301,113 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
   for (int64_t q = 0; q < a.ow; ++q) ConvPixel(a, src_n, out_row, p, q, 0);
 }
 
-// Output row (b, p) of a forward, undilated window of KW columns at stride S.
-// Output columns [q, q + P) of row (b, p), all taps in range, channels [c_lo, c_hi) (whole
-// register-wide blocks) and, with `tail`, the channels after the last whole block; first
-// prefetching those channels of columns [ahead, ahead + P) of the newest source row and of
-// the output (none when ahead < 0): the hardware prefetchers alone leave this loop waiting.
+// Output columns [q, q + P) of row (b, p) of a forward, undilated window of KW columns at
+// stride S, channels [c_lo, c_hi) (whole register-wide blocks) and, with `tail`, the channels
+// after the last whole block. Where the block's source columns run past the input's edges,
+// those columns read zeros. First prefetches, for those channels, the source the next output
+// row will need (a row ahead: the rows' own chunk of work runs on this thread) and the output
+// columns [ahead, ahead + P) (none when ahead < 0): the hardware prefetchers alone leave this
+// loop waiting on memory.
 template <int64_t KW, int64_t S, int64_t P>
 void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead, int64_t c_lo,
                  int64_t c_hi, bool tail) {
-  const int64_t c = a.c;
+  constexpr int64_t kSpan = (P - 1) * S + KW;
+  const int64_t c = a.c, w = a.w;
   const int64_t full_c = c / kLanes * kLanes;
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
-  const float* src_n = a.src + b * a.h * a.w * c;
+  const float* src_n = a.src + b * a.h * w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
-  if (ahead >= 0) {
-    const float* src_next = src_n + (row_src[nrows - 1] * a.w + a.cols.src[ahead * KW]) * c;
-    const int64_t width = (tail ? c : c_hi) - c_lo;
-    for (int64_t m = 0; m < (P - 1) * S + KW; ++m) {
-      for (int64_t k = 0; k < width; k += kLineFloats) __builtin_prefetch(src_next + m * c + c_lo + k, 0, 3);
-    }
-    for (int64_t m = 0; m < P; ++m) {
-      for (int64_t k = 0; k < width; k += kLineFloats) {
-        __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
+  const int64_t width = (tail ? c : c_hi) - c_lo;
+  // The source rows the next output row reads and this one does not (the next image's first
+  // rows after the last row), the columns this block covers that the previous one did not.
+  int64_t next_b = b, next_p = p + 1;
+  if (next_p == a.oh) next_b = b + 1, next_p = 0;
+  if (next_b < a.n) {
+    const int64_t* next_src = a.rows.src.data() + next_p * a.kh;
+    const int64_t r_hi = next_src[a.rows.count[next_p] - 1];
+    const int64_t r_lo = next_p == 0 ? next_src[0] : std::max(next_src[0], row_src[nrows - 1] + 1);
+    const int64_t col_lo = std::clamp<int64_t>(q * S - a.col_low, 0, w);
+    const int64_t col_hi =
+        q + P >= a.ow ? w : std::clamp<int64_t>((q + P) * S - a.col_low, 0, w);
+    const float* src_b = a.src + next_b * a.h * w * c + c_lo;
+    for (int64_t r = r_lo; r <= r_hi; ++r) {
+      for (int64_t col = col_lo; col < col_hi; ++col) {
+        for (int64_t k = 0; k < width; k += kLineFloats) {
+          __builtin_prefetch(src_b + (r * w + col) * c + k, 0, 3);
+        }
       }
     }
   }
-  const int64_t col0 = a.cols.src[q * KW];
+  // The output block `ahead`, for writing.
+  for (int64_t m = 0; ahead >= 0 && m < P; ++m) {
+    for (int64_t k = 0; k < width; k += kLineFloats) {
+      __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
+    }
+  }
+  const int64_t col0 = q * S - a.col_low;
   float* out = out_row + q * c;
-  for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
-    ConvBlock<Vec, KW, S, P>(src_n + c0, a.taps + c0, out + c0, row_src, row_tap, nrows, col0,
-                             a.w, c, a.bias ? a.bias + c0 : nullptr, a.act);
+  const float* bias = a.bias;
+  auto blocks = [&](const auto& source_at) {
+    for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
+      ConvBlock<Vec, KW, S, P>(source_at(c0), a.taps + c0, out + c0, row_tap, nrows, c,
+                               bias ? bias + c0 : nullptr, a.act);
+    }
+    if (!tail || full_c == c) return;
+    if (c - full_c == kHalfLanes) {
+      ConvBlock<Half, KW, S, P>(source_at(full_c), a.taps + full_c, out + full_c, row_tap, nrows,
+                                c, bias ? bias + full_c : nullptr, a.act);
+    } else {
+      for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
+    }
+  };
+  if (col0 >= 0 && col0 + kSpan <= w) {
+    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
+    return;
   }
-  if (!tail || full_c == c) return;
-  if (c - full_c == kHalfLanes) {
-    ConvBlock<Half, KW, S, P>(src_n + full_c, a.taps + full_c, out + full_c, row_src, row_tap,
-                              nrows, col0, a.w, c, a.bias ? a.bias + full_c : nullptr, a.act);
-  } else {
-    for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
+  const float* ptrs[kMaxRows * kSpan];
+  for (int64_t r = 0; r < nrows; ++r) {
+    for (int64_t m = 0; m < kSpan; ++m) {
+      const int64_t col = col0 + m;
+      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
+    }
   }
+  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
 }
 
-// Output row (b, p) of a forward, undilated window of KW columns at stride S. Columns whose
-// taps are all in range form one interior run [lo, hi): blocks of kPixels columns, then of
-// kFewPixels (the last one shifted back to end at hi, recomputing up to 3 columns), one tile
-// of kTile channels at a time (so the rows' tile stays in L1 across the blocks); the border
-// columns one by one.
+// Output row (b, p) of a forward, undilated window of KW columns at stride S: blocks of
+// kPixels columns, then of kFewPixels (the last one shifted back to end at the row's end,
+// recomputing up to 3 columns), one tile of kTile channels at a time (so the rows' tile stays
+// in L1 across the blocks). Rows narrower than kFewPixels go column by column.
 template <int64_t KW, int64_t S>
 void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
-  auto [lo, hi] = std::pair(a.cols.lo, a.cols.hi);
-  if (hi - lo < kFewPixels) lo = hi = 0;
-  const float* src_n = a.src + b * a.h * a.w * a.c;
-  float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
-  for (int64_t q = 0; q < a.ow; ++q) {
-    if (q == lo && hi > lo) q = hi;
-    if (q < a.ow) ConvPixel(a, src_n, out_row, p, q, 0);
+  const int64_t ow = a.ow;
+  if (ow < kFewPixels) {
+    ConvRowColumns(a, b, p);
+    return;
   }
-  if (hi == lo) return;
   const int64_t full_c = a.c / kLanes * kLanes;
   for (int64_t c_lo = 0; c_lo < full_c || (c_lo == 0 && full_c == 0); c_lo += kTile) {
     const int64_t c_hi = std::min(c_lo + kTile, full_c);
     const bool tail = c_hi == full_c;
-    int64_t q = lo;
-    for (; hi - q >= kPixels; q += kPixels) {
-      ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, hi - kPixels), c_lo,
+    int64_t q = 0;
+    for (; ow - q >= kPixels; q += kPixels) {
+      ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, ow - kPixels), c_lo,
                                   c_hi, tail);
     }
-    for (; q < hi; q += kFewPixels) {
-      ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, hi - kFewPixels), -1, c_lo, c_hi, tail);
+    for (; q < ow; q += kFewPixels) {
+      ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, ow - kFewPixels), -1, c_lo, c_hi, tail);
     }
   }
 }
 
 using RowFn = void (*)(const ConvArgs&, int64_t, int64_t);
 
-// The row kernel for a geometry: register blocks for 3x3 and 5x5 forward windows at stride
-// 1 or 2 without dilation, else column by column.
-RowFn PickRow(int64_t kw, int64_t sw, int64_t dw, bool transposed) {
-  if (!transposed && dw == 1) {
+// The row kernel for a geometry: register blocks for forward windows 3 or 5 columns wide (at
+// most kMaxRows high) at stride 1 or 2 without dilation, else column by column.
+RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
+  if (!transposed && dw == 1 && kh <= kMaxRows) {
     if (kw == 3 && sw == 1) return ConvRow<3, 1>;
     if (kw == 3 && sw == 2) return ConvRow<3, 2>;
     if (kw == 5 && sw == 1) return ConvRow<5, 1>;
@@ -386,10 +435,21 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   }
   a.bias = bias;
   a.act = act;
+  a.col_low = pw;
+  const std::vector<float> zeros(a.c, 0.f);
+  a.zeros = zeros.data();
   a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
   a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);
-  const RowFn row_fn = PickRow(kw, sw, dw, transposed);
-  ParallelFor(pool, a.n * a.oh, [&](int64_t row) { row_fn(a, row / a.oh, row % a.oh); });
+  const RowFn row_fn = PickRow(kh, kw, sw, dw, transposed);
+  // Contiguous runs of output rows, a few per thread: a thread's next row reuses the source
+  // rows in its cache, and is the one its prefetches are for.
+  const int64_t rows = a.n * a.oh;
+  const int64_t chunks = std::min<int64_t>(rows, 8 * std::max<int64_t>(1, pool.num_threads()));
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    for (int64_t row = rows * chunk / chunks; row < rows * (chunk + 1) / chunks; ++row) {
+      row_fn(a, row / a.oh, row % a.oh);
+    }
+  });
   return ffi::Error::Success();
 }
 

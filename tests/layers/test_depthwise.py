@@ -164,17 +164,21 @@ def test_shift_backward_does_not_materialize_the_windows():
   assert temp < 4 * 8 * 32 * 32 * 32 * 4, temp
 
 
-# tail only, blocks, block + 8, + 5; two 64-channel tiles + 8, + 3
-@pytest.mark.parametrize('channels', [6, 16, 24, 37, 88, 131])
+# Channel blocks are a vector register wide (16 floats with AVX-512, 8 with AVX2): tails only,
+# whole blocks, + a half block (24 and 40: AVX-512, 12: AVX2), + 5, two 64-channel tiles + 3.
+# Widths 3 (column by column), 4 and 7 (one or two 4-column blocks reaching both edges).
+@pytest.mark.parametrize('channels', [6, 12, 16, 24, 37, 88, 131])
 @pytest.mark.parametrize('width,kernel,stride,padding,dilation', [
     (21, 3, 1, 'same', 1), (21, 3, 2, 'same', 1), (22, 3, 2, 'symmetric', 1),
     (26, 5, 1, 'same', 1), (27, 5, 2, 'symmetric', 1), (20, 3, 1, 'valid', 1),
-    (23, 3, 1, 'same', 2), (12, 3, 1, ((2, 0), (0, 3)), 1),
+    (23, 3, 1, 'same', 2), (12, 3, 1, ((2, 0), (0, 3)), 1), (3, 3, 1, 'same', 1),
+    (4, 5, 1, 'same', 1), (7, 3, 1, 'same', 1), (7, 3, 2, 'same', 1),
 ])
 def test_native_register_blocks_match_grouped(channels, width, kernel, stride, padding,
                                               dilation, rng):
-  """`native`'s register blocks (8 output columns, 16- and 8-wide channel blocks), its border
-  and tail paths, and both gradients, against the reference, on images wide enough for blocks."""
+  """`native`'s register blocks (8 and 4 output columns, register- and half-register-wide
+  channel blocks, zeros past the input's edges), its column-by-column and tail paths, and both
+  gradients, against the reference."""
   x = jnp.asarray(rng.standard_normal((2, 11, width, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
   pad = padding if not isinstance(padding, str) else lax_padding(padding, (kernel, kernel),
