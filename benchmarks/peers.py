@@ -68,16 +68,12 @@ def main() -> int:
   command = 'python benchmarks/peers.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
   text = format_markdown(result, command.strip())
   if args.layers != 'none':
-    import jax
     from sepnets.compile import depthwise_bw
-    from sepnets.compile.peaks import measure_peaks
     print(f'{args.layers}: depthwise layers', file=sys.stderr, flush=True)
-    peaks = measure_peaks(jax.devices()[0])
     rows = depthwise_bw.measure(depthwise_bw.model_depthwise_shapes(args.layers),
-                                args.layer_strategies, peaks, batch=args.layer_batch)
-    result['depthwise'] = {'model': args.layers, 'peaks': peaks.to_json(), 'rows': rows}
-    text += f'\n## {args.layers}: every depthwise shape\n\n' + depthwise_bw.format_markdown(
-        rows, peaks)
+                                args.layer_strategies, batch=args.layer_batch)
+    result['depthwise'] = {'model': args.layers, 'rows': rows}
+    text += f'\n## {args.layers}: every depthwise shape\n\n' + depthwise_bw.format_markdown(rows)
   out.mkdir(parents=True, exist_ok=True)
   atomic_write_text(str(out / 'peers.json'), json.dumps(result, indent=2) + '\n')
   atomic_write_text(str(out / 'peers.md'), text)

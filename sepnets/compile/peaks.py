@@ -65,11 +65,15 @@ def measure_peaks(device: jax.Device, *, matmul_sizes: tuple[int, ...] | None = 
       seconds = time_compiled(matmul, a, a, repeats=repeats).min_s
       best = max(best, 2 * n**3 / seconds)
     flops[dtype] = best
-  copy: dict[int, float] = {}
-  for mib in copy_sizes_mib:
-    size = mib * 2**20
-    x = jax.device_put(jnp.zeros((size // 4,), jnp.float32), device)
-    add = jax.jit(lambda v: v + 1).lower(x).compile()
-    seconds = time_compiled(add, x, repeats=repeats).min_s
-    copy[size] = 2 * size / seconds
+  copy = {mib * 2**20: measure_copy(device, mib * 2**20, repeats=repeats)
+          for mib in copy_sizes_mib}
   return Peaks(device.platform, device.device_kind, flops, copy)
+
+
+def measure_copy(device: jax.Device, size_bytes: int, *, repeats: int = 20) -> float:
+  """Copy bandwidth (bytes moved per second: read + write) of `y = x + 1` over `size_bytes`
+  of float32 on `device`, the fastest of `repeats`."""
+  x = jax.device_put(jnp.zeros((max(int(size_bytes) // 4, 1),), jnp.float32), device)
+  add = jax.jit(lambda v: v + 1).lower(x).compile()
+  seconds = time_compiled(add, x, repeats=repeats).min_s
+  return 2 * x.size * 4 / seconds

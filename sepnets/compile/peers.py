@@ -8,14 +8,17 @@ import, so the two compute the same function: the eval logits' difference is rep
 to the times. Keras' applications are the same architectures by name (its own definitions and
 weights), timed through `predict_on_batch` / `train_on_batch` with XLA compilation.
 
-Each time is the median of `repeats` calls after `warmup` calls; a ratio is sepnets / peer
-(below 1.0: sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
+Each time is the median of `repeats` calls after `warmup` calls. sepnets' and PyTorch's calls
+are interleaved, one of each per round in alternating order, so a slow spell of a shared
+machine falls on both sides of a ratio; Keras, far slower, is timed after them. A ratio is
+sepnets / peer (below 1.0: sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +30,7 @@ import optax
 from flax import nnx
 
 from sepnets.compile.metadata import run_metadata
-from sepnets.compile.timing import time_call
+from sepnets.compile.timing import Timing, time_call
 from sepnets.registry import create_model
 from sepnets.runtime import cpu_compiler_options
 from sepnets.train.steps import make_eval_step, make_train_step
@@ -101,19 +104,19 @@ def sepnets_compiler_options() -> dict[str, Any]:
 
 
 def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
+  """Compiles sepnets' step for each workload: {'calls': {key: fn}, 'compile_s', 'logits'}."""
   options = sepnets_compiler_options()
-  out: dict[str, Any] = {'times': {}, 'compile_s': {}}
+  out: dict[str, Any] = {'calls': {}, 'compile_s': {}}
   graphdef, state = nnx.split(model)
   for kind, batch in workloads(config):
+    key = f'{kind}{batch}'
     images, labels = _data(config, batch)
     x = jnp.asarray(images)
     start = time.perf_counter()
     if kind == 'infer':
       step = jax.jit(make_eval_step(graphdef), compiler_options=options).lower(state, x).compile()
-      out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
-      out['times'][f'{kind}{batch}'] = _median(
-          lambda: jax.block_until_ready(step(state, x)), warmup=config.warmup,
-          repeats=config.repeats)
+      out['compile_s'][key] = time.perf_counter() - start
+      out['calls'][key] = lambda step=step, x=x: jax.block_until_ready(step(state, x))
       if batch == config.infer_batches[0]:
         out['logits'] = np.asarray(step(state, x))
       continue
@@ -126,15 +129,14 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
     train = jax.jit(make_train_step(train_graphdef, optimizer), donate_argnums=(0, 1, 2),
                     compiler_options=options)
     train = train.lower(*carry, x, y).compile()
-    out['compile_s'][f'{kind}{batch}'] = time.perf_counter() - start
+    out['compile_s'][key] = time.perf_counter() - start
 
-    def call():
+    def call(train=train, carry=carry, x=x, y=y):
       params, rest, opt_state, loss = train(*carry, x, y)
       carry[:] = [params, rest, opt_state]
       jax.block_until_ready(loss)
 
-    out['times'][f'{kind}{batch}'] = _median(call, warmup=config.warmup,
-                                                    repeats=config.repeats)
+    out['calls'][key] = call
   return out
 
 
@@ -150,39 +152,58 @@ def torch_model(name: str, seed: int) -> Any:
 
 
 def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
+  """PyTorch's call for each workload: {'calls': {key: fn}, 'modes': {key: fn setting the
+  model's train/eval mode}, 'logits'}."""
   import torch
-  out: dict[str, Any] = {'times': {}, 'threads': torch.get_num_threads()}
+  out: dict[str, Any] = {'calls': {}, 'modes': {}, 'threads': torch.get_num_threads()}
   for kind, batch in workloads(config):
+    key = f'{kind}{batch}'
     images, labels = _data(config, batch)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
         memory_format=torch.channels_last)
     if kind == 'infer':
-      model.eval()
-
-      def call():
+      def call(x=x):
         with torch.inference_mode():
           return model(x)
 
-      out['times'][f'{kind}{batch}'] = _median(call, warmup=config.warmup,
-                                                      repeats=config.repeats)
+      out['calls'][key], out['modes'][key] = call, model.eval
       if batch == config.infer_batches[0]:
+        model.eval()
         out['logits'] = call().numpy()
       continue
-    model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     y = torch.from_numpy(labels).long()
 
-    def step():
+    def step(x=x, y=y, optimizer=optimizer):
       optimizer.zero_grad(set_to_none=True)
       loss = torch.nn.functional.cross_entropy(model(x), y)
       loss.backward()
       optimizer.step()
       return loss.item()
 
-    out['times'][f'{kind}{batch}'] = _median(step, warmup=config.warmup,
-                                                    repeats=config.repeats)
-    model.eval()
+    out['calls'][key], out['modes'][key] = step, model.train
   return out
+
+
+def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: int
+                 ) -> dict[str, Any]:
+  """Times each of `calls` (each returns once its work is done), interleaved: every round runs
+  each once, in alternating order, so a slow spell of a shared machine falls on all of them
+  and none always runs after the same one. {name: Timing}."""
+  if repeats < 1:
+    raise ValueError(f'repeats must be >= 1, got {repeats}')
+  for fn in calls.values():
+    for _ in range(warmup):
+      fn()
+  samples: dict[str, list[float]] = {name: [] for name in calls}
+  names = list(calls)
+  for i in range(repeats):
+    for name in (names if i % 2 == 0 else names[::-1]):
+      start = time.perf_counter()
+      calls[name]()
+      samples[name].append(time.perf_counter() - start)
+  return {name: Timing(median_s=statistics.median(v), min_s=min(v), repeats=repeats)
+          for name, v in samples.items()}
 
 
 # ---------------------------------------------------------------------------- Keras
@@ -223,19 +244,28 @@ def run_peers(config: PeersConfig,
     say(f'{name}: building both models')
     reference = torch_model(name, config.seed)
     model = sepnets_model(name, reference, config)  # before PyTorch's train step moves them
-    say(f'{name}: PyTorch')
-    torch_result = _torch(reference, config)
-    say(f'{name}: sepnets ({config.strategy})')
+    say(f'{name}: sepnets ({config.strategy}), compiling')
     mine = _sepnets(model, config)
+    theirs = _torch(reference, config)
+    times: dict[str, dict[str, float]] = {'sepnets': {}, 'torch': {}}
+    for kind, batch in workloads(config):
+      key = f'{kind}{batch}'
+      say(f'{name}: {kind} batch {batch}, sepnets and PyTorch interleaved')
+      theirs['modes'][key]()
+      timed = side_by_side({'sepnets': mine['calls'][key], 'torch': theirs['calls'][key]},
+                           warmup=config.warmup, repeats=config.repeats)
+      for lib, timing in timed.items():
+        times[lib][key] = timing.median_s
+    reference.eval()
     keras_result = None
     if 'keras' in config.peers:
       say(f'{name}: Keras')
       keras_result = _keras(name, config)
-    logits_diff = float(np.max(np.abs(mine['logits'] - torch_result['logits'])))
+    logits_diff = float(np.max(np.abs(mine['logits'] - theirs['logits'])))
     for kind, batch in workloads(config):
       key = f'{kind}{batch}'
       row = {'model': name, 'workload': kind, 'batch': batch,
-             'sepnets_s': mine['times'][key], 'torch_s': torch_result['times'][key],
+             'sepnets_s': times['sepnets'][key], 'torch_s': times['torch'][key],
              'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff}
       row['ratio_torch'] = row['sepnets_s'] / row['torch_s']
       if keras_result is not None:
@@ -268,8 +298,9 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
            f"`{cfg['strategy']}`, compiler options "
            f"{_options_text(meta.get('sepnets_compiler_options'))}; "
-           f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls. Ratio = sepnets / "
-           'peer (below 1: sepnets faster).', '']
+           f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls, sepnets' and "
+           "PyTorch's calls interleaved (alternating which goes first); Keras after them. "
+           'Ratio = sepnets / peer (below 1: sepnets faster).', '']
   if command:
     lines += [f'Command: `{command}`', '']
   header = ['model', 'workload', 'sepnets ms', 'PyTorch ms', 'sepnets / PyTorch']

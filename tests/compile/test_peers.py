@@ -11,7 +11,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sepnets.compile.peers import PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.compile.peers import (PeersConfig, format_markdown, run_peers,  # noqa: E402
+                                   side_by_side)
 from sepnets.runtime import cpu_compiler_options  # noqa: E402
 
 
@@ -56,3 +57,14 @@ def test_cpu_compiler_options_compile_the_same_function():
 def test_bad_peers_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
     PeersConfig(**kwargs)
+
+
+def test_side_by_side_interleaves_in_alternating_order():
+  log = []
+  calls = {name: (lambda name=name: log.append(name)) for name in ('a', 'b')}
+  timed = side_by_side(calls, warmup=1, repeats=4)
+  assert log == ['a', 'b'] + ['a', 'b', 'b', 'a', 'a', 'b', 'b', 'a']  # warm-up, then rounds
+  assert set(timed) == {'a', 'b'} and all(t.repeats == 4 for t in timed.values())
+  assert all(0 <= t.min_s <= t.median_s for t in timed.values())
+  with pytest.raises(ValueError, match='repeats must be >= 1'):
+    side_by_side(calls, warmup=0, repeats=0)
