@@ -185,11 +185,13 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
   return out
 
 
-def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: int
-                 ) -> dict[str, Any]:
+def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
+                 pause_s: float = 0.02) -> dict[str, Any]:
   """Times each of `calls` (each returns once its work is done), interleaved: every round runs
   each once, in alternating order, so a slow spell of a shared machine falls on all of them
-  and none always runs after the same one. {name: Timing}."""
+  and none always runs after the same one. A pause (untimed) before each call lets the other
+  library's worker threads stop spinning (OpenMP's and XLA's pools busy-wait a while after
+  their work), so neither call shares the cores with them. {name: Timing}."""
   if repeats < 1:
     raise ValueError(f'repeats must be >= 1, got {repeats}')
   for fn in calls.values():
@@ -199,6 +201,7 @@ def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: i
   names = list(calls)
   for i in range(repeats):
     for name in (names if i % 2 == 0 else names[::-1]):
+      time.sleep(pause_s)
       start = time.perf_counter()
       calls[name]()
       samples[name].append(time.perf_counter() - start)

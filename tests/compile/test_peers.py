@@ -62,7 +62,7 @@ def test_bad_peers_config_is_named(kwargs, message):
 def test_side_by_side_interleaves_in_alternating_order():
   log = []
   calls = {name: (lambda name=name: log.append(name)) for name in ('a', 'b')}
-  timed = side_by_side(calls, warmup=1, repeats=4)
+  timed = side_by_side(calls, warmup=1, repeats=4, pause_s=0)
   assert log == ['a', 'b'] + ['a', 'b', 'b', 'a', 'a', 'b', 'b', 'a']  # warm-up, then rounds
   assert set(timed) == {'a', 'b'} and all(t.repeats == 4 for t in timed.values())
   assert all(0 <= t.min_s <= t.median_s for t in timed.values())
