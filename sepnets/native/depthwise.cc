@@ -205,21 +205,28 @@ struct EdgeSource {
   const float* At(const float* const* row, int64_t m) const { return row[m] + c0; }
 };
 
+// Where a register block's taps and outputs are: source row r's taps start at
+// taps + row_tap[r] * tap_row, tap j at + j * tap_step; output column k at out + k * out_step.
+// The forward window: tap_row = KW * c, tap_step = out_step = c.
+struct BlockLayout {
+  int64_t tap_row, tap_step, out_step;
+};
+
 // P output columns of one row, channels [0, V's width) of `taps` / `out` (already offset to
-// the channel block), from `src`: a forward window of KW taps at stride S over nrows source
-// rows. Each source vector is loaded once and multiplied into every output column it feeds;
-// each tap once per source row.
+// the channel block), from `src`: a window of KW taps at stride S over nrows source rows,
+// out[k] = sum_{r, j} src(r, k * S + j) * tap(r, j). Each source vector is loaded once and
+// multiplied into every output column it feeds; each tap once per source row.
 template <typename V, int64_t KW, int64_t S, int64_t P, typename Source>
 inline void ConvBlock(const Source& src, const float* taps, float* out, const int64_t* row_tap,
-                      int64_t nrows, int64_t c, const float* bias, int64_t act) {
+                      int64_t nrows, const BlockLayout& layout, const float* bias, int64_t act) {
   constexpr int64_t kSpan = (P - 1) * S + KW;
   V acc[P] = {};
   for (int64_t r = 0; r < nrows; ++r) {
     const auto row = src.Row(r);
-    const float* tp = taps + row_tap[r] * KW * c;
+    const float* tp = taps + row_tap[r] * layout.tap_row;
     V t[KW];
 #pragma GCC unroll 8
-    for (int64_t j = 0; j < KW; ++j) t[j] = Load<V>(tp + j * c);
+    for (int64_t j = 0; j < KW; ++j) t[j] = Load<V>(tp + j * layout.tap_step);
 #pragma GCC unroll 64
     for (int64_t m = 0; m < kSpan; ++m) {
       V v = Load<V>(src.At(row, m));
@@ -236,7 +243,7 @@ inline void ConvBlock(const Source& src, const float* taps, float* out, const in
     for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
   }
 #pragma GCC unroll 16
-  for (int64_t k = 0; k < P; ++k) Store<V>(out + k * c, acc[k]);
+  for (int64_t k = 0; k < P; ++k) Store<V>(out + k * layout.out_step, acc[k]);
 }
 
 // sum_i src[src_off[i]] * taps[tap_off[i]], one channel block.
@@ -349,15 +356,16 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
   const int64_t col0 = q * S - a.col_low;
   float* out = out_row + q * c;
   const float* bias = a.bias;
+  const BlockLayout layout{KW * c, c, c};
   auto blocks = [&](const auto& source_at) {
     for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
-      ConvBlock<Vec, KW, S, P>(source_at(c0), a.taps + c0, out + c0, row_tap, nrows, c,
+      ConvBlock<Vec, KW, S, P>(source_at(c0), a.taps + c0, out + c0, row_tap, nrows, layout,
                                bias ? bias + c0 : nullptr, a.act);
     }
     if (!tail || full_c == c) return;
     if (c - full_c == kHalfLanes) {
       ConvBlock<Half, KW, S, P>(source_at(full_c), a.taps + full_c, out + full_c, row_tap, nrows,
-                                c, bias ? bias + full_c : nullptr, a.act);
+                                layout, bias ? bias + full_c : nullptr, a.act);
     } else {
       for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
     }
@@ -402,11 +410,126 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
   }
 }
 
+// The input gradient of a stride-2, undilated window of KW columns (the transposed window):
+// input column s = 2v + parity receives, from output-gradient column v + o, the taps j with
+// (parity + low - j) = 2o. For one parity that is a stride-1 window of NT taps (j from the
+// largest down, 2 apart) over consecutive gradient columns, written to every other input
+// column: the forward register blocks with that layout. Columns [v0, v0 + P) of one parity
+// of row (b, p); a.src is the output gradient, a.out the input gradient.
+template <int64_t NT, int64_t P>
+void TransposedColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t parity, int64_t v0,
+                       int64_t j_max, int64_t o_min, int64_t c_lo, int64_t c_hi, bool tail) {
+  constexpr int64_t kSpan = P + NT - 1;
+  const int64_t c = a.c, w = a.w;
+  const int64_t full_c = c / kLanes * kLanes;
+  const int64_t nrows = a.rows.count[p];
+  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
+  const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  const float* src_n = a.src + b * a.h * w * c;
+  float* out_row = a.out + (b * a.oh + p) * a.ow * c;
+  float* out = out_row + (2 * v0 + parity) * c;
+  const float* taps = a.taps + j_max * c;
+  const BlockLayout layout{a.kw * c, -2 * c, 2 * c};
+  const int64_t col0 = v0 + o_min;
+  auto blocks = [&](const auto& source_at) {
+    for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
+      ConvBlock<Vec, NT, 1, P>(source_at(c0), taps + c0, out + c0, row_tap, nrows, layout,
+                               nullptr, kNone);
+    }
+    if (!tail || full_c == c) return;
+    if (c - full_c == kHalfLanes) {
+      ConvBlock<Half, NT, 1, P>(source_at(full_c), taps + full_c, out + full_c, row_tap, nrows,
+                                layout, nullptr, kNone);
+    } else {
+      for (int64_t k = 0; k < P; ++k) {
+        ConvPixel(a, src_n, out_row, p, 2 * (v0 + k) + parity, full_c);
+      }
+    }
+  };
+  if (col0 >= 0 && col0 + kSpan <= w) {
+    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
+    return;
+  }
+  const float* ptrs[kMaxRows * kSpan];
+  for (int64_t r = 0; r < nrows; ++r) {
+    for (int64_t m = 0; m < kSpan; ++m) {
+      const int64_t col = col0 + m;
+      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
+    }
+  }
+  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
+}
+
+// Columns [v, v + kPixels) of one parity (fewer at its end: 4-column blocks, the last shifted
+// back), all channels.
+template <int64_t NT>
+void TransposedParityBlock(const ConvArgs& a, int64_t b, int64_t p, int64_t parity,
+                           int64_t count, int64_t v, int64_t j_max, int64_t o_min) {
+  const int64_t full_c = a.c / kLanes * kLanes;
+  if (count - v >= kPixels) {
+    TransposedColumns<NT, kPixels>(a, b, p, parity, v, j_max, o_min, 0, full_c, true);
+    return;
+  }
+  for (int64_t u = v; u < count; u += kFewPixels) {
+    TransposedColumns<NT, kFewPixels>(a, b, p, parity, std::min(u, count - kFewPixels), j_max,
+                                      o_min, 0, full_c, true);
+  }
+}
+
+// Input-gradient row (b, p) of a stride-2 window KW columns wide: blocks of kPixels columns
+// of each parity in turn, so the row is written in order (it is 4x the output gradient, and
+// writing it is most of the cost), the block after next prefetched for writing. A parity with
+// fewer than kFewPixels columns, or more than 3 taps, goes column by column.
+template <int64_t KW>
+void TransposedRow2(const ConvArgs& a, int64_t b, int64_t p) {
+  const float* src_n = a.src + b * a.h * a.w * a.c;
+  float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
+  int64_t count[2], j_max[2], nt[2], o_min[2];
+  for (int64_t parity = 0; parity < 2; ++parity) {
+    count[parity] = (a.ow - parity + 1) / 2;
+    j_max[parity] = -1, nt[parity] = 0;
+    for (int64_t j = 0; j < KW; ++j) {
+      if ((parity + a.col_low - j) % 2 == 0) j_max[parity] = j, ++nt[parity];
+    }
+    o_min[parity] = nt[parity] ? (parity + a.col_low - j_max[parity]) / 2 : 0;
+    if (count[parity] < kFewPixels || nt[parity] < 1 || nt[parity] > 3) {
+      for (int64_t q = parity; q < a.ow; q += 2) ConvPixel(a, src_n, out_row, p, q, 0);
+      count[parity] = 0;
+    }
+  }
+  const int64_t most = std::max(count[0], count[1]);
+  for (int64_t v = 0; v < most; v += kPixels) {
+    const int64_t ahead = std::min(2 * (v + 2 * kPixels), a.ow);
+    for (int64_t k = std::min(2 * (v + kPixels), a.ow) * a.c; k < ahead * a.c; k += kLineFloats) {
+      __builtin_prefetch(out_row + k, 1, 3);
+    }
+    for (int64_t parity = 0; parity < 2; ++parity) {
+      if (v >= count[parity]) continue;
+      switch (nt[parity]) {
+        case 1:
+          TransposedParityBlock<1>(a, b, p, parity, count[parity], v, j_max[parity],
+                                   o_min[parity]);
+          break;
+        case 2:
+          TransposedParityBlock<2>(a, b, p, parity, count[parity], v, j_max[parity],
+                                   o_min[parity]);
+          break;
+        default:
+          TransposedParityBlock<3>(a, b, p, parity, count[parity], v, j_max[parity],
+                                   o_min[parity]);
+      }
+    }
+  }
+}
+
 using RowFn = void (*)(const ConvArgs&, int64_t, int64_t);
 
-// The row kernel for a geometry: register blocks for forward windows 3 or 5 columns wide (at
-// most kMaxRows high) at stride 1 or 2 without dilation, else column by column.
+// The row kernel for a geometry: register blocks for undilated windows at most kMaxRows high,
+// forward 3 or 5 columns wide at stride 1 or 2, transposed 5 wide at stride 2; else column by
+// column.
 RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
+  // (3 columns wide, the blocks of 1 and 2 taps were no faster than column by column)
+  if (transposed && dw == 1 && sw == 2 && kh <= kMaxRows && kw == 5) return TransposedRow2<5>;
   if (!transposed && dw == 1 && kh <= kMaxRows) {
     if (kw == 3 && sw == 1) return ConvRow<3, 1>;
     if (kw == 3 && sw == 2) return ConvRow<3, 2>;
