@@ -308,6 +308,47 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
   for (int64_t q = 0; q < a.ow; ++q) ConvPixel(a, src_n, out_row, p, q, 0);
 }
 
+// Register blocks of P output columns of output row p, image src_n: channels [c_lo, c_hi)
+// (whole register-wide blocks) and, with `tail`, the rest (a half-register block, or
+// tail_pixel(k, first channel) for each column k). Source columns [col0, col0 + span) of the
+// row's source rows; where they run past the input's edges, those columns read zeros.
+template <int64_t KW, int64_t S, int64_t P, typename TailPixel>
+void BlockColumns(const ConvArgs& a, const float* src_n, int64_t p, int64_t col0,
+                  const float* taps, float* out, const BlockLayout& layout, const float* bias,
+                  int64_t c_lo, int64_t c_hi, bool tail, const TailPixel& tail_pixel) {
+  constexpr int64_t kSpan = (P - 1) * S + KW;
+  const int64_t c = a.c, w = a.w;
+  const int64_t full_c = c / kLanes * kLanes;
+  const int64_t nrows = a.rows.count[p];
+  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
+  const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  auto blocks = [&](const auto& source_at) {
+    for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
+      ConvBlock<Vec, KW, S, P>(source_at(c0), taps + c0, out + c0, row_tap, nrows, layout,
+                               bias ? bias + c0 : nullptr, a.act);
+    }
+    if (!tail || full_c == c) return;
+    if (c - full_c == kHalfLanes) {
+      ConvBlock<Half, KW, S, P>(source_at(full_c), taps + full_c, out + full_c, row_tap, nrows,
+                                layout, bias ? bias + full_c : nullptr, a.act);
+    } else {
+      for (int64_t k = 0; k < P; ++k) tail_pixel(k, full_c);
+    }
+  };
+  if (col0 >= 0 && col0 + kSpan <= w) {
+    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
+    return;
+  }
+  const float* ptrs[kMaxRows * kSpan];
+  for (int64_t r = 0; r < nrows; ++r) {
+    for (int64_t m = 0; m < kSpan; ++m) {
+      const int64_t col = col0 + m;
+      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
+    }
+  }
+  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
+}
+
 // Output columns [q, q + P) of row (b, p) of a forward, undilated window of KW columns at
 // stride S, channels [c_lo, c_hi) (whole register-wide blocks) and, with `tail`, the channels
 // after the last whole block. Where the block's source columns run past the input's edges,
@@ -318,11 +359,8 @@ void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
 template <int64_t KW, int64_t S, int64_t P>
 void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead, int64_t c_lo,
                  int64_t c_hi, bool tail) {
-  constexpr int64_t kSpan = (P - 1) * S + KW;
   const int64_t c = a.c, w = a.w;
-  const int64_t full_c = c / kLanes * kLanes;
   const int64_t nrows = a.rows.count[p];
-  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
   const float* src_n = a.src + b * a.h * w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
@@ -331,7 +369,7 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
   // rows after the last row), the columns this block covers that the previous one did not.
   int64_t next_b = b, next_p = p + 1;
   if (next_p == a.oh) next_b = b + 1, next_p = 0;
-  if (next_b < a.n) {
+  if (next_b < a.n && nrows > 0 && a.rows.count[next_p] > 0) {
     const int64_t* next_src = a.rows.src.data() + next_p * a.kh;
     const int64_t r_hi = next_src[a.rows.count[next_p] - 1];
     const int64_t r_lo = next_p == 0 ? next_src[0] : std::max(next_src[0], row_src[nrows - 1] + 1);
@@ -353,35 +391,11 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
       __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
     }
   }
-  const int64_t col0 = q * S - a.col_low;
-  float* out = out_row + q * c;
-  const float* bias = a.bias;
-  const BlockLayout layout{KW * c, c, c};
-  auto blocks = [&](const auto& source_at) {
-    for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
-      ConvBlock<Vec, KW, S, P>(source_at(c0), a.taps + c0, out + c0, row_tap, nrows, layout,
-                               bias ? bias + c0 : nullptr, a.act);
-    }
-    if (!tail || full_c == c) return;
-    if (c - full_c == kHalfLanes) {
-      ConvBlock<Half, KW, S, P>(source_at(full_c), a.taps + full_c, out + full_c, row_tap, nrows,
-                                layout, bias ? bias + full_c : nullptr, a.act);
-    } else {
-      for (int64_t k = 0; k < P; ++k) ConvPixel(a, src_n, out_row, p, q + k, full_c);
-    }
-  };
-  if (col0 >= 0 && col0 + kSpan <= w) {
-    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
-    return;
-  }
-  const float* ptrs[kMaxRows * kSpan];
-  for (int64_t r = 0; r < nrows; ++r) {
-    for (int64_t m = 0; m < kSpan; ++m) {
-      const int64_t col = col0 + m;
-      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
-    }
-  }
-  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
+  BlockColumns<KW, S, P>(a, src_n, p, q * S - a.col_low, a.taps, out_row + q * c,
+                         BlockLayout{KW * c, c, c}, a.bias, c_lo, c_hi, tail,
+                         [&](int64_t k, int64_t c_from) {
+                           ConvPixel(a, src_n, out_row, p, q + k, c_from);
+                         });
 }
 
 // Output row (b, p) of a forward, undilated window of KW columns at stride S: blocks of
@@ -419,45 +433,14 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
 template <int64_t NT, int64_t P>
 void TransposedColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t parity, int64_t v0,
                        int64_t j_max, int64_t o_min, int64_t c_lo, int64_t c_hi, bool tail) {
-  constexpr int64_t kSpan = P + NT - 1;
-  const int64_t c = a.c, w = a.w;
-  const int64_t full_c = c / kLanes * kLanes;
-  const int64_t nrows = a.rows.count[p];
-  const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
-  const int64_t* row_src = a.rows.src.data() + p * a.kh;
-  const float* src_n = a.src + b * a.h * w * c;
+  const int64_t c = a.c;
+  const float* src_n = a.src + b * a.h * a.w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
-  float* out = out_row + (2 * v0 + parity) * c;
-  const float* taps = a.taps + j_max * c;
-  const BlockLayout layout{a.kw * c, -2 * c, 2 * c};
-  const int64_t col0 = v0 + o_min;
-  auto blocks = [&](const auto& source_at) {
-    for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
-      ConvBlock<Vec, NT, 1, P>(source_at(c0), taps + c0, out + c0, row_tap, nrows, layout,
-                               nullptr, kNone);
-    }
-    if (!tail || full_c == c) return;
-    if (c - full_c == kHalfLanes) {
-      ConvBlock<Half, NT, 1, P>(source_at(full_c), taps + full_c, out + full_c, row_tap, nrows,
-                                layout, nullptr, kNone);
-    } else {
-      for (int64_t k = 0; k < P; ++k) {
-        ConvPixel(a, src_n, out_row, p, 2 * (v0 + k) + parity, full_c);
-      }
-    }
-  };
-  if (col0 >= 0 && col0 + kSpan <= w) {
-    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
-    return;
-  }
-  const float* ptrs[kMaxRows * kSpan];
-  for (int64_t r = 0; r < nrows; ++r) {
-    for (int64_t m = 0; m < kSpan; ++m) {
-      const int64_t col = col0 + m;
-      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
-    }
-  }
-  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
+  BlockColumns<NT, 1, P>(a, src_n, p, v0 + o_min, a.taps + j_max * c,
+                         out_row + (2 * v0 + parity) * c, BlockLayout{a.kw * c, -2 * c, 2 * c},
+                         nullptr, c_lo, c_hi, tail, [&](int64_t k, int64_t c_from) {
+                           ConvPixel(a, src_n, out_row, p, 2 * (v0 + k) + parity, c_from);
+                         });
 }
 
 // Columns [v, v + kPixels) of one parity (fewer at its end: 4-column blocks, the last shifted

@@ -167,14 +167,15 @@ def test_shift_backward_does_not_materialize_the_windows():
 # Channel blocks are a vector register wide (16 floats with AVX-512, 8 with AVX2): tails only,
 # whole blocks, + a half block (24 and 40: AVX-512, 12: AVX2), + 5, two 64-channel tiles + 3.
 # Widths 3 (column by column), 4 and 7 (one or two 4-column blocks reaching both edges); 5x5 at
-# stride 2 also has its input gradient in register blocks, one column parity at a time.
+# stride 2 also has its input gradient in register blocks, one column parity at a time. Padding
+# as wide as the kernel leaves output rows and columns that read nothing but zeros.
 @pytest.mark.parametrize('channels', [6, 12, 16, 24, 37, 88, 131])
 @pytest.mark.parametrize('width,kernel,stride,padding,dilation', [
     (21, 3, 1, 'same', 1), (21, 3, 2, 'same', 1), (22, 3, 2, 'symmetric', 1),
     (26, 5, 1, 'same', 1), (27, 5, 2, 'symmetric', 1), (20, 3, 1, 'valid', 1),
     (23, 3, 1, 'same', 2), (12, 3, 1, ((2, 0), (0, 3)), 1), (3, 3, 1, 'same', 1),
     (4, 5, 1, 'same', 1), (7, 3, 1, 'same', 1), (7, 3, 2, 'same', 1), (9, 5, 2, 'same', 1),
-    (26, 5, 2, ((1, 2), (2, 1)), 1),
+    (26, 5, 2, ((1, 2), (2, 1)), 1), (12, 3, 1, ((3, 3), (3, 3)), 1),
 ])
 def test_native_register_blocks_match_grouped(channels, width, kernel, stride, padding,
                                               dilation, rng):
