@@ -186,7 +186,7 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
 
 
 def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
-                 pause_s: float = 0.02) -> dict[str, Any]:
+                 pause_s: float = 0.02) -> dict[str, Timing]:
   """Times each of `calls` (each returns once its work is done), interleaved: every round runs
   each once, in alternating order, so a slow spell of a shared machine falls on all of them
   and none always runs after the same one. A pause (untimed) before each call lets the other
