@@ -47,10 +47,9 @@ constexpr int64_t kLanes = kVecBytes / 4;
 constexpr int64_t kHalfLanes = kLanes / 2;
 constexpr int64_t kLineFloats = 16;  // floats per 64-byte cache line (prefetch stride)
 enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
-constexpr int64_t kPixels = 8;  // output columns per register block in the forward loop
-constexpr int64_t kFewPixels = 4;  // the blocks for what is left of a row (narrow images)
+constexpr int64_t kPixels = 8;  // most output columns per register block
+constexpr int64_t kFewPixels = 4;  // fewest (narrower rows go column by column)
 constexpr int64_t kTile = 64;  // channels per pass over a row in the forward loop
-constexpr int64_t kPrefetchPixels = 8;  // how far ahead of the block its output is fetched
 constexpr int64_t kMaxRows = 5;  // kernel rows of the register-blocked forward (3x3, 5x5)
 
 // Through memcpy: a template argument drops the typedefs' alignment attribute.
@@ -147,7 +146,6 @@ struct ConvArgs {
   const float* bias = nullptr;  // per channel, added before the activation (the epilogue)
   int64_t act = kNone;
   int64_t col_low = 0;  // the forward window's low column pad (source column of q: q*S - col_low)
-  const float* zeros = nullptr;  // c zeros: the source of columns outside the input
 };
 
 // out = act(sum + bias), lane by lane: the eval-mode BatchNorm (its scale already folded into
@@ -194,15 +192,18 @@ struct InsideSource {
   int64_t w, c, col0;
   const float* Row(int64_t r) const { return src + (row_src[r] * w + col0) * c; }
   const float* At(const float* row, int64_t m) const { return row + m * c; }
+  static constexpr bool Has(int64_t) { return true; }
 };
 
-// The source of a block that reaches past the input's left or right edge: a pointer per (row,
-// column of the span), to the zeros where the column is outside, plus the channel offset.
-struct EdgeSource {
-  const float* const* ptrs;  // [r * span + m]
-  int64_t span, c0;
-  const float* const* Row(int64_t r) const { return ptrs + r * span; }
-  const float* At(const float* const* row, int64_t m) const { return row[m] + c0; }
+// The source of a block that reaches past the input's left or right edge: as InsideSource,
+// but only the span's columns [m_lo, m_hi) are inside the input (the others read as zeros).
+struct ClippedSource {
+  const float* src;
+  const int64_t* row_src;
+  int64_t w, c, col0, m_lo, m_hi;
+  const float* Row(int64_t r) const { return src + row_src[r] * w * c; }
+  const float* At(const float* row, int64_t m) const { return row + (col0 + m) * c; }
+  bool Has(int64_t m) const { return m >= m_lo && m < m_hi; }
 };
 
 // Where a register block's taps and outputs are: source row r's taps start at
@@ -229,6 +230,7 @@ inline void ConvBlock(const Source& src, const float* taps, float* out, const in
     for (int64_t j = 0; j < KW; ++j) t[j] = Load<V>(tp + j * layout.tap_step);
 #pragma GCC unroll 64
     for (int64_t m = 0; m < kSpan; ++m) {
+      if (!src.Has(m)) continue;
       V v = Load<V>(src.At(row, m));
       PinRegister(v);
 #pragma GCC unroll 8
@@ -339,26 +341,29 @@ void BlockColumns(const ConvArgs& a, const float* src_n, int64_t p, int64_t col0
     blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
     return;
   }
-  const float* ptrs[kMaxRows * kSpan];
-  for (int64_t r = 0; r < nrows; ++r) {
-    for (int64_t m = 0; m < kSpan; ++m) {
-      const int64_t col = col0 + m;
-      ptrs[r * kSpan + m] = col >= 0 && col < w ? src_n + (row_src[r] * w + col) * c : a.zeros;
-    }
-  }
-  blocks([&](int64_t c0) { return EdgeSource{ptrs, kSpan, c0}; });
+  const int64_t m_lo = std::max<int64_t>(0, -col0), m_hi = std::min(kSpan, w - col0);
+  blocks([&](int64_t c0) {
+    return ClippedSource{src_n + c0, row_src, w, c, col0, m_lo, m_hi};
+  });
 }
+
+// The output block a register block prefetches for writing: `pixels` columns from `out`, `width`
+// channels each.
+struct Ahead {
+  float* out = nullptr;
+  int64_t pixels = 0, width = 0;
+};
 
 // Output columns [q, q + P) of row (b, p) of a forward, undilated window of KW columns at
 // stride S, channels [c_lo, c_hi) (whole register-wide blocks) and, with `tail`, the channels
 // after the last whole block. Where the block's source columns run past the input's edges,
 // those columns read zeros. First prefetches, for those channels, the source the next output
-// row will need (a row ahead: the rows' own chunk of work runs on this thread) and the output
-// columns [ahead, ahead + P) (none when ahead < 0): the hardware prefetchers alone leave this
-// loop waiting on memory.
+// row will need (a row ahead: the rows' own chunk of work runs on this thread), and the output
+// block `ahead`: the hardware prefetchers alone leave this loop waiting on memory, most of all
+// on the stores.
 template <int64_t KW, int64_t S, int64_t P>
-void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahead, int64_t c_lo,
-                 int64_t c_hi, bool tail) {
+void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, const Ahead& ahead,
+                 int64_t c_lo, int64_t c_hi, bool tail) {
   const int64_t c = a.c, w = a.w;
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
@@ -385,10 +390,10 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
       }
     }
   }
-  // The output block `ahead`, for writing.
-  for (int64_t m = 0; ahead >= 0 && m < P; ++m) {
-    for (int64_t k = 0; k < width; k += kLineFloats) {
-      __builtin_prefetch(out_row + (ahead + m) * c + c_lo + k, 1, 3);
+  // The output block after this one, for writing.
+  for (int64_t m = 0; m < ahead.pixels; ++m) {
+    for (int64_t k = 0; k < ahead.width; k += kLineFloats) {
+      __builtin_prefetch(ahead.out + m * c + k, 1, 3);
     }
   }
   BlockColumns<KW, S, P>(a, src_n, p, q * S - a.col_low, a.taps, out_row + q * c,
@@ -398,28 +403,66 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, int64_t ahe
                          });
 }
 
-// Output row (b, p) of a forward, undilated window of KW columns at stride S: blocks of
-// kPixels columns, then of kFewPixels (the last one shifted back to end at the row's end,
-// recomputing up to 3 columns), one tile of kTile channels at a time (so the rows' tile stays
-// in L1 across the blocks). Rows narrower than kFewPixels go column by column.
+// A row of ow >= kFewPixels output columns cut into `count` register blocks of kFewPixels to
+// kPixels columns, as even as can be (the first ow % count one column wider): block i starts
+// at Start(i). Blocks that tile the row exactly compute no column twice (14 = 7 + 7, not
+// 8 + 4 + 4 with two columns recomputed).
+struct RowBlocks {
+  int64_t count, base, extra;
+  explicit RowBlocks(int64_t ow)
+      : count((ow + kPixels - 1) / kPixels), base(ow / count), extra(ow % count) {}
+  int64_t Start(int64_t i) const { return i * base + std::min(i, extra); }
+  int64_t Width(int64_t i) const { return base + (i < extra); }
+};
+
+// ConvColumns for a block `width` (kFewPixels to kPixels) columns wide.
+template <int64_t KW, int64_t S>
+void ConvBlockOf(int64_t width, const ConvArgs& a, int64_t b, int64_t p, int64_t q,
+                 const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
+  switch (width) {
+    case 4: return ConvColumns<KW, S, 4>(a, b, p, q, ahead, c_lo, c_hi, tail);
+    case 5: return ConvColumns<KW, S, 5>(a, b, p, q, ahead, c_lo, c_hi, tail);
+    case 6: return ConvColumns<KW, S, 6>(a, b, p, q, ahead, c_lo, c_hi, tail);
+    case 7: return ConvColumns<KW, S, 7>(a, b, p, q, ahead, c_lo, c_hi, tail);
+    default: return ConvColumns<KW, S, 8>(a, b, p, q, ahead, c_lo, c_hi, tail);
+  }
+}
+
+// Output row (b, p) of a forward, undilated window of KW columns at stride S: blocks of 4 to
+// 8 columns that tile the row exactly (RowBlocks), one tile of kTile channels at a time (so
+// the rows' tile stays in L1 across the blocks), each block prefetching the output of the
+// next (the next tile's first block after the last; the next row's after the last tile's).
+// Rows narrower than kFewPixels go column by column.
 template <int64_t KW, int64_t S>
 void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
-  const int64_t ow = a.ow;
+  const int64_t ow = a.ow, c = a.c;
   if (ow < kFewPixels) {
     ConvRowColumns(a, b, p);
     return;
   }
-  const int64_t full_c = a.c / kLanes * kLanes;
+  const RowBlocks blocks(ow);
+  const int64_t full_c = c / kLanes * kLanes;
+  // The channels of the tile from c_lo: up to kTile, the last one to c (a tail included).
+  auto tile_end = [&](int64_t c_lo) { return std::min(c_lo + kTile, full_c); };
+  auto tile_width = [&](int64_t c_lo) {
+    return (tile_end(c_lo) == full_c ? c : tile_end(c_lo)) - c_lo;
+  };
+  float* out_row = a.out + (b * a.oh + p) * ow * c;
+  const bool last_row = b == a.n - 1 && p == a.oh - 1;
   for (int64_t c_lo = 0; c_lo < full_c || (c_lo == 0 && full_c == 0); c_lo += kTile) {
-    const int64_t c_hi = std::min(c_lo + kTile, full_c);
+    const int64_t c_hi = tile_end(c_lo);
     const bool tail = c_hi == full_c;
-    int64_t q = 0;
-    for (; ow - q >= kPixels; q += kPixels) {
-      ConvColumns<KW, S, kPixels>(a, b, p, q, std::min(q + kPrefetchPixels, ow - kPixels), c_lo,
-                                  c_hi, tail);
-    }
-    for (; q < ow; q += kFewPixels) {
-      ConvColumns<KW, S, kFewPixels>(a, b, p, std::min(q, ow - kFewPixels), -1, c_lo, c_hi, tail);
+    for (int64_t i = 0; i < blocks.count; ++i) {
+      const int64_t q = blocks.Start(i);
+      Ahead ahead;
+      if (i + 1 < blocks.count) {
+        ahead = {out_row + blocks.Start(i + 1) * c + c_lo, blocks.Width(i + 1), tile_width(c_lo)};
+      } else if (!tail) {
+        ahead = {out_row + c_hi, blocks.Width(0), tile_width(c_hi)};
+      } else if (!last_row) {
+        ahead = {out_row + ow * c, blocks.Width(0), tile_width(0)};
+      }
+      ConvBlockOf<KW, S>(blocks.Width(i), a, b, p, q, ahead, c_lo, c_hi, tail);
     }
   }
 }
@@ -542,8 +585,6 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   a.bias = bias;
   a.act = act;
   a.col_low = pw;
-  const std::vector<float> zeros(a.c, 0.f);
-  a.zeros = zeros.data();
   a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
   a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);
   const RowFn row_fn = PickRow(kh, kw, sw, dw, transposed);
