@@ -175,13 +175,13 @@ def test_shift_backward_does_not_materialize_the_windows():
     (26, 5, 1, 'same', 1), (27, 5, 2, 'symmetric', 1), (20, 3, 1, 'valid', 1),
     (23, 3, 1, 'same', 2), (12, 3, 1, ((2, 0), (0, 3)), 1), (3, 3, 1, 'same', 1),
     (4, 5, 1, 'same', 1), (7, 3, 1, 'same', 1), (7, 3, 2, 'same', 1), (9, 5, 2, 'same', 1),
-    (26, 5, 2, ((1, 2), (2, 1)), 1), (12, 3, 1, ((3, 3), (3, 3)), 1),
+    (26, 5, 2, ((1, 2), (2, 1)), 1), (12, 3, 1, ((3, 3), (3, 3)), 1), (16, 3, 1, 'same', 1),
 ])
 def test_native_register_blocks_match_grouped(channels, width, kernel, stride, padding,
                                               dilation, rng):
-  """`native`'s register blocks (8 and 4 output columns, register- and half-register-wide
-  channel blocks, zeros past the input's edges), its column-by-column and tail paths, and both
-  gradients, against the reference."""
+  """`native`'s register blocks (4 to 8 output columns: rows 4 to 26 wide cut into blocks of
+  every width; register- and half-register-wide channel blocks; zeros past the input's edges),
+  its column-by-column and tail paths, and both gradients, against the reference."""
   x = jnp.asarray(rng.standard_normal((2, 11, width, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
   pad = padding if not isinstance(padding, str) else lax_padding(padding, (kernel, kernel),
