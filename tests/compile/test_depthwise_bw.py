@@ -41,6 +41,11 @@ def test_fraction_is_achieved_over_copy_bandwidth_on_the_same_working_set():
       assert r[f'{name}_gbps'] == pytest.approx(r[f'{name}_bytes'] / seconds / 1e9)
       assert r[f'{name}_copy_gbps'] == 4.0
       assert r[f'{name}_fraction'] == pytest.approx(r[f'{name}_gbps'] / 4.0)
+      # the fastest run against the copy's fastest: never below the median's fraction
+      fastest = r[f'{name}_fastest_ms'] / 1e3
+      assert fastest <= seconds
+      assert r[f'{name}_fastest_fraction'] == pytest.approx(
+          r[f'{name}_bytes'] / fastest / 4e9)
   assert '| 16, 3x3, s1, 12x12 | 2 | shift |' in format_markdown(rows)
 
 
