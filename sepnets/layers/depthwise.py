@@ -298,7 +298,7 @@ def _native_conv_bwd(geometry, residuals, g):
 
 _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
 
-NATIVE_ACTS = {None: 0, 'identity': 0, 'relu': 1, 'relu6': 2, 'hard_swish': 3}
+NATIVE_ACTS = {None: 0, 'identity': 0, 'relu': 1, 'relu6': 2, 'hard_swish': 3, 'swish': 4}
 """Activations the native kernel applies in its epilogue (its `act` codes); others run after."""
 
 

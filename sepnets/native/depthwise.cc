@@ -8,7 +8,8 @@
 //                         with row/col the forward window (transposed=0) or its transpose
 //                         (transposed=1: the input gradient, src = the output gradient);
 //   sepnets_dw_conv_bias_act: the forward sepnets_dw_conv, then act(out + bias[c]) with act
-//                         none, relu, relu6 or hard_swish (eval-mode BatchNorm + activation);
+//                         none, relu, relu6, hard_swish or swish (eval-mode BatchNorm +
+//                         activation);
 //   sepnets_dw_tap_grad:  out[i*KW+j, c] = sum_{n,p,q} x[n, row(p,i), col(q,j), c] * g[n,p,q,c].
 //
 // Positions outside the source are zero. Work is split over (batch, output row) and run on
@@ -23,6 +24,10 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -46,7 +51,7 @@ typedef float Half __attribute__((vector_size(kVecBytes / 2), aligned(4)));
 constexpr int64_t kLanes = kVecBytes / 4;
 constexpr int64_t kHalfLanes = kLanes / 2;
 constexpr int64_t kLineFloats = 16;  // floats per 64-byte cache line (prefetch stride)
-enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3 };
+enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2, kHardSwish = 3, kSwish = 4 };
 constexpr int64_t kPixels = 8;  // most output columns per register block
 constexpr int64_t kFewPixels = 4;  // fewest (narrower rows go column by column)
 constexpr int64_t kTile = 64;  // channels per pass over a row in the forward loop
@@ -148,6 +153,72 @@ struct ConvArgs {
   int64_t col_low = 0;  // the forward window's low column pad (source column of q: q*S - col_low)
 };
 
+// e^t lane by lane, for the swish epilogue: t = n ln2 + r with n an integer and |r| <= ln2 / 2,
+// e^r by its Taylor series to r^7 (the next term is below 6e-9 relative, a tenth of an ulp),
+// times 2^n built in the exponent bits. t is clamped to [-88, 89] first. Where n <= -126
+// (t below about -86.6, e^t < 3e-38) the result is 0: 1 + e^-x is 1 there either way. Above
+// 88.7 it is +inf, as expf's. A NaN passes the clamp and the polynomial: NaN out.
+template <typename V>
+inline V Exp(V t) {
+  const V zero = {};
+  const V lo = zero - 88.f, hi = zero + 89.f;
+  t = t < lo ? lo : t;
+  t = t > hi ? hi : t;
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V n = (t * 1.44269504f + kRound) - kRound;
+  const V r = (t - n * 0.693359375f) - n * -2.12194440e-4f;  // ln 2 in two parts (Cody-Waite)
+  V p = r * (1.f / 5040) + 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {  // p * 2^n in one instruction, overflow to +inf included
+    V out;
+    const __m512 e = _mm512_scalef_ps(Load<__m512>(reinterpret_cast<const float*>(&p)),
+                                      Load<__m512>(reinterpret_cast<const float*>(&n)));
+    __builtin_memcpy(&out, &e, sizeof(V));
+    return out;
+  }
+#endif
+  // 2^(n-1), then times 2: 2^n itself would be +inf at n = 128 though e^t is finite up to 88.7
+  typedef int32_t Int __attribute__((vector_size(sizeof(V))));
+  Int k = __builtin_convertvector(n, Int) + 126;  // at most 254; NaN converts to INT_MIN
+  k = k < 0 ? 0 : k;
+  k <<= 23;
+  V half_scale;
+  __builtin_memcpy(&half_scale, &k, sizeof(V));
+  return p * half_scale * 2.f;
+}
+
+// 1 / d lane by lane, for d >= 1 (or NaN): the hardware's reciprocal estimate and a Newton
+// step, y (2 - d y), which leaves about 2^-23 relative error from AVX-512's 14-bit estimate or
+// AVX's 12-bit one; a divide elsewhere. A divide instruction per vector would cost more than
+// the 3x3 taps' FMAs. 1 / inf is 0 (the Newton step alone would make it NaN).
+template <typename V>
+inline V Reciprocal(V d) {
+#if defined(__x86_64__) && defined(__AVX__)
+  if constexpr (sizeof(V) == 64 || sizeof(V) == 32) {
+    V y;
+    if constexpr (sizeof(V) == 64) {
+#if defined(__AVX512F__)
+      const __m512 e = _mm512_rcp14_ps(Load<__m512>(reinterpret_cast<const float*>(&d)));
+      __builtin_memcpy(&y, &e, sizeof(V));
+#endif
+    } else {
+      const __m256 e = _mm256_rcp_ps(Load<__m256>(reinterpret_cast<const float*>(&d)));
+      __builtin_memcpy(&y, &e, sizeof(V));
+    }
+    const V zero = {};
+    y = y * (2.f - d * y);
+    return d == zero + __builtin_inff() ? zero : y;
+  }
+#endif
+  return 1.f / d;
+}
+
 // out = act(sum + bias), lane by lane: the eval-mode BatchNorm (its scale already folded into
 // the taps) and the activation that follow a depthwise convolution, as JAX computes them.
 template <typename V>
@@ -168,6 +239,8 @@ inline V Epilogue(V v, const float* bias, int64_t act) {
       r = r > six ? six : r;
       return v * (r * (1.f / 6.f));  // a divide per vector would cost as much as the conv
     }
+    case kSwish:  // x * sigmoid(x) = x * (1 / (1 + e^-x)), as jax.nn.silu is lowered
+      return v * Reciprocal<V>(Exp<V>(-v) + 1.f);
     default:
       return v;
   }
@@ -579,7 +652,7 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
              od[1], od[2], kh, kw};
   if (od[0] != a.n || od[3] != a.c || taps.dimensions()[0] != kh * kw ||
       taps.dimensions()[1] != a.c || (bias != nullptr && bias_len != a.c) || act < kNone ||
-      act > kHardSwish) {
+      act > kSwish) {
     return ffi::Error::InvalidArgument("sepnets_dw_conv: shapes or activation do not agree");
   }
   a.bias = bias;

@@ -211,12 +211,12 @@ def _eval_block(strategy, act, channels, stride, rng):
   return block
 
 
-@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish', None])
+@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish', 'gelu', None])
 @pytest.mark.parametrize('channels,stride', [(24, 1), (37, 2)])
 def test_eval_conv_norm_act_fuses_into_one_native_call(act, channels, stride, rng):
   """In eval mode a depthwise ConvNormAct with `native` (or `auto` on CPU) is one kernel
-  call (BatchNorm folded, activation in the epilogue; swish runs after it) and equals the
-  unfused grouped reference, value and input gradient."""
+  call (BatchNorm folded, activation in the epilogue; gelu, not native, runs after it) and
+  equals the unfused grouped reference, value and input gradient."""
   x = jnp.asarray(rng.standard_normal((2, 13, 21, channels)) * 3, jnp.float32)
   for strategy in ('native', 'auto'):
     block = _eval_block(strategy, act, channels, stride, np.random.default_rng(0))
@@ -240,7 +240,7 @@ def test_cost_model_still_sees_the_fused_batchnorm(rng):
   assert [c.path for c in calls] == ['conv', 'bn']
 
 
-@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish'])
+@pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish'])
 def test_fused_epilogue_keeps_nan_and_inf_as_jax_does(act):
   """The native epilogue's activations treat NaN and +-inf like jnp.maximum/minimum do."""
   from sepnets.layers.activations import get_act
@@ -250,4 +250,24 @@ def test_fused_epilogue_keeps_nan_and_inf_as_jax_does(act):
   bias = jnp.asarray([np.nan, np.inf, -np.inf, -1.0, 7.0, 2.0] + [0.5] * 10, jnp.float32)
   got = conv_affine_act('native', x, kernel, jnp.ones(16), bias, act, (1, 1), 'SAME', (1, 1))
   want = get_act(act)(jnp.broadcast_to(bias, got.shape))
-  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)  # NaN where JAX has NaN, same infs
+  if act != 'swish':
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fused_swish_is_accurate_over_the_float_range():
+  """The native epilogue's swish (its own e^x) against float64 x / (1 + e^-x) from -100 to
+  100: within 1e-6 relative; 0 where 1 / (1 + e^-x) is a denormal (XLA's threads flush them
+  to zero, as they do for jax.nn.silu), so within 1e-35 absolute there."""
+  from sepnets.layers.depthwise import conv_affine_act
+  c = 4096 + 8  # whole registers and a tail
+  bias = np.concatenate([np.linspace(-100, 100, c - 8), [-88.5, -87.5, -1e-30, 0, 1e-30, 86.5,
+                                                         88.5, 89.5]]).astype(np.float32)
+  x = jnp.zeros((1, 1, 5, c), jnp.float32)
+  got = conv_affine_act('native', x, jnp.zeros((3, 3, 1, c), jnp.float32), jnp.ones(c),
+                        jnp.asarray(bias), 'swish', (1, 1), 'SAME', (1, 1))
+  b = bias.astype(np.float64)
+  with np.errstate(over='ignore'):
+    want = b / (1 + np.exp(-b))
+  for column in np.asarray(got)[0, 0]:
+    np.testing.assert_allclose(column, want, rtol=1e-6, atol=1e-35)
