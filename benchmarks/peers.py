@@ -48,6 +48,9 @@ def main() -> int:
   parser.add_argument('--strategy', default='auto', help='sepnets depthwise strategy')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--pause', type=float, default=0.02,
+                      help='seconds of untimed pause before each timed call, so the other '
+                      "library's worker threads have stopped spinning")
   parser.add_argument('--layers', default='mobilenet_v2',
                       help="depthwise roofline table for this model's depthwise shapes "
                       "('none' skips it)")
@@ -59,7 +62,7 @@ def main() -> int:
     config = PeersConfig(models=args.models, image_size=args.image_size,
                          infer_batches=args.infer_batches, train_batch=args.train_batch,
                          peers=args.peers, strategy=args.strategy, warmup=args.warmup,
-                         repeats=args.repeats)
+                         repeats=args.repeats, pause_s=args.pause)
   except ValueError as e:
     parser.error(str(e))
   out = Path(args.out or f'results/peers-{time.strftime("%Y%m%d-%H%M%S")}')

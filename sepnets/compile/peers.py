@@ -53,6 +53,7 @@ class PeersConfig:
   warmup: int = 2
   repeats: int = 5
   seed: int = 0
+  pause_s: float = 0.02  # untimed, before each timed call (`side_by_side`)
 
   def __post_init__(self):
     for name in self.models:
@@ -66,6 +67,8 @@ class PeersConfig:
       raise ValueError(f'image_size must be at least 32, got {self.image_size}')
     if self.repeats < 1 or self.warmup < 0:
       raise ValueError('repeats must be >= 1 and warmup >= 0')
+    if not self.pause_s >= 0:
+      raise ValueError(f'pause_s must be >= 0 seconds, got {self.pause_s}')
     if not self.infer_batches:
       raise ValueError('give at least one inference batch size (the logits are compared there)')
     if any(b < 1 for b in self.infer_batches) or self.train_batch < 0:
@@ -256,7 +259,8 @@ def run_peers(config: PeersConfig,
       say(f'{name}: {kind} batch {batch}, sepnets and PyTorch interleaved')
       theirs['modes'][key]()
       timed = side_by_side({'sepnets': mine['calls'][key], 'torch': theirs['calls'][key]},
-                           warmup=config.warmup, repeats=config.repeats)
+                           warmup=config.warmup, repeats=config.repeats,
+                           pause_s=config.pause_s)
       for lib, timing in timed.items():
         times[lib][key] = timing.median_s
     reference.eval()
@@ -302,7 +306,8 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"`{cfg['strategy']}`, compiler options "
            f"{_options_text(meta.get('sepnets_compiler_options'))}; "
            f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls, sepnets' and "
-           "PyTorch's calls interleaved (alternating which goes first); Keras after them. "
+           "PyTorch's calls interleaved (alternating which goes first), an untimed pause of "
+           f"{cfg.get('pause_s', 0.02) * 1e3:g} ms before each; Keras after them. "
            'Ratio = sepnets / peer (below 1: sepnets faster).', '']
   if command:
     lines += [f'Command: `{command}`', '']

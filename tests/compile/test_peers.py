@@ -18,7 +18,7 @@ from sepnets.runtime import cpu_compiler_options  # noqa: E402
 
 def test_peers_measures_identical_models_side_by_side():
   config = PeersConfig(models=('mobilenet_v2',), image_size=32, infer_batches=(2,),
-                       train_batch=2, warmup=1, repeats=1)
+                       train_batch=2, warmup=1, repeats=1, pause_s=0.005)
   result = run_peers(config)
   rows = result['rows']
   assert [(r['workload'], r['batch']) for r in rows] == [('infer', 2), ('train', 2)]
@@ -31,6 +31,7 @@ def test_peers_measures_identical_models_side_by_side():
   text = format_markdown(result, 'python benchmarks/peers.py')
   assert '| mobilenet_v2 | inference, batch 2 |' in text and 'sepnets / PyTorch' in text
   assert 'Keras' in text and result['metadata']['versions']['torch']
+  assert 'an untimed pause of 5 ms before each' in text
   options = result['metadata']['sepnets_compiler_options']
   assert options == cpu_compiler_options()  # the tests run on the CPU
   assert ('compiler options `xla_cpu_prefer_vector_width=512`' if options else
@@ -53,6 +54,8 @@ def test_cpu_compiler_options_compile_the_same_function():
     (dict(image_size=16), 'at least 32'),
     (dict(infer_batches=(0,)), 'positive'),
     (dict(infer_batches=()), 'at least one inference batch'),
+    (dict(pause_s=-0.1), 'pause_s must be >= 0'),
+    (dict(pause_s=float('nan')), 'pause_s must be >= 0'),
 ])
 def test_bad_peers_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
