@@ -189,12 +189,18 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
 
 
 def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
-                 pause_s: float = 0.02) -> dict[str, Timing]:
+                 pause_s: float = 0.02, lead_in: int = 0) -> dict[str, Timing]:
   """Times each of `calls` (each returns once its work is done), interleaved: every round runs
   each once, in alternating order, so a slow spell of a shared machine falls on all of them
-  and none always runs after the same one. A pause (untimed) before each call lets the other
-  library's worker threads stop spinning (OpenMP's and XLA's pools busy-wait a while after
-  their work), so neither call shares the cores with them. {name: Timing}."""
+  and none always runs after the same one. {name: Timing}.
+
+  Two ways to keep the libraries out of each other's way (OpenMP's and XLA's pools busy-wait
+  a while after their work, and would share the cores with the next call):
+  - `pause_s`, untimed, before each call: the other library's threads have stopped spinning,
+    and the call starts from idle cores (a request that comes now and then);
+  - `lead_in` untimed calls of the same function right before each timed one: the timed call
+    runs back to back with its own previous call (steady state, as a loop over batches).
+  """
   if repeats < 1:
     raise ValueError(f'repeats must be >= 1, got {repeats}')
   for fn in calls.values():
@@ -205,6 +211,8 @@ def side_by_side(calls: dict[str, Callable[[], Any]], *, warmup: int, repeats: i
   for i in range(repeats):
     for name in (names if i % 2 == 0 else names[::-1]):
       time.sleep(pause_s)
+      for _ in range(lead_in):
+        calls[name]()
       start = time.perf_counter()
       calls[name]()
       samples[name].append(time.perf_counter() - start)
@@ -258,11 +266,13 @@ def run_peers(config: PeersConfig,
       key = f'{kind}{batch}'
       say(f'{name}: {kind} batch {batch}, sepnets and PyTorch interleaved')
       theirs['modes'][key]()
-      timed = side_by_side({'sepnets': mine['calls'][key], 'torch': theirs['calls'][key]},
-                           warmup=config.warmup, repeats=config.repeats,
+      pair = {'sepnets': mine['calls'][key], 'torch': theirs['calls'][key]}
+      timed = side_by_side(pair, warmup=config.warmup, repeats=config.repeats,
                            pause_s=config.pause_s)
-      for lib, timing in timed.items():
-        times[lib][key] = timing.median_s
+      steady = side_by_side(pair, warmup=0, repeats=config.repeats, pause_s=0, lead_in=1)
+      for lib in pair:
+        times[lib][key] = timed[lib].median_s
+        times[lib][key + '_steady'] = steady[lib].median_s
     reference.eval()
     keras_result = None
     if 'keras' in config.peers:
@@ -275,6 +285,9 @@ def run_peers(config: PeersConfig,
              'sepnets_s': times['sepnets'][key], 'torch_s': times['torch'][key],
              'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff}
       row['ratio_torch'] = row['sepnets_s'] / row['torch_s']
+      row['sepnets_steady_s'] = times['sepnets'][key + '_steady']
+      row['torch_steady_s'] = times['torch'][key + '_steady']
+      row['ratio_torch_steady'] = row['sepnets_steady_s'] / row['torch_steady_s']
       if keras_result is not None:
         row['keras_s'] = keras_result['times'][key]
         row['ratio_keras'] = row['sepnets_s'] / row['keras_s']
@@ -306,12 +319,20 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"`{cfg['strategy']}`, compiler options "
            f"{_options_text(meta.get('sepnets_compiler_options'))}; "
            f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls, sepnets' and "
-           "PyTorch's calls interleaved (alternating which goes first), an untimed pause of "
-           f"{cfg.get('pause_s', 0.02) * 1e3:g} ms before each; Keras after them. "
+           "PyTorch's calls interleaved (alternating which goes first), each timed twice: "
+           f"*after a pause*, an untimed {cfg.get('pause_s', 0.02) * 1e3:g} ms before each "
+           "call (it starts from idle cores, as a request that comes now and then), and "
+           "*back to back*, an untimed call of the same function right before each (steady "
+           "state, as a loop over batches); Keras after them, back to back. "
            'Ratio = sepnets / peer (below 1: sepnets faster).', '']
   if command:
     lines += [f'Command: `{command}`', '']
+  steady = all('ratio_torch_steady' in r for r in result['rows'])
   header = ['model', 'workload', 'sepnets ms', 'PyTorch ms', 'sepnets / PyTorch']
+  if steady:
+    header = header[:2] + [f'{h}, after a pause' for h in header[2:]] + [
+        'sepnets ms, back to back', 'PyTorch ms, back to back',
+        'sepnets / PyTorch, back to back']
   if keras:
     header += ['Keras ms', 'sepnets / Keras', 'Keras / PyTorch']
   header += ['sepnets compile s']
@@ -320,14 +341,22 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
     cells = [r['model'], f"{'inference' if r['workload'] == 'infer' else 'train step'}, "
              f"batch {r['batch']}", f"{r['sepnets_s'] * 1e3:.1f}", f"{r['torch_s'] * 1e3:.1f}",
              f"**{r['ratio_torch']:.2f}**"]
+    if steady:
+      cells += [f"{r['sepnets_steady_s'] * 1e3:.1f}", f"{r['torch_steady_s'] * 1e3:.1f}",
+                f"**{r['ratio_torch_steady']:.2f}**"]
     if keras:
       cells += [f"{r['keras_s'] * 1e3:.1f}", f"{r['ratio_keras']:.2f}",
                 f"{r['keras_over_torch']:.2f}"] if 'keras_s' in r else ['-'] * 3
     cells.append(f"{r['compile_s']:.1f}")
     lines.append('| ' + ' | '.join(cells) + ' |')
-  above = [f"{r['model']} {r['workload']} b{r['batch']} ({r['ratio_torch']:.2f})"
-           for r in result['rows'] if r['ratio_torch'] > 1.0]
-  lines += ['', 'Still slower than PyTorch: ' + (', '.join(above) if above else 'none') + '.',
+  def above(key: str) -> str:
+    slower = [f"{r['model']} {r['workload']} b{r['batch']} ({r[key]:.2f})"
+              for r in result['rows'] if r[key] > 1.0]
+    return ', '.join(slower) if slower else 'none'
+
+  lines += ['', f"Still slower than PyTorch{', after a pause' if steady else ''}: "
+            f"{above('ratio_torch')}."
+            + (f" Back to back: {above('ratio_torch_steady')}." if steady else ''),
             'Largest |logit| difference sepnets vs PyTorch (same weights, eval): '
             + ', '.join(f"{m} {d:.1e}" for m, d in
                         dict((r['model'], r['max_logit_diff']) for r in result['rows']).items())

@@ -26,12 +26,17 @@ def test_peers_measures_identical_models_side_by_side():
     assert r['sepnets_s'] > 0 and r['torch_s'] > 0 and r['keras_s'] > 0
     assert r['ratio_torch'] == pytest.approx(r['sepnets_s'] / r['torch_s'])
     assert r['ratio_keras'] == pytest.approx(r['sepnets_s'] / r['keras_s'])
+    assert r['sepnets_steady_s'] > 0 and r['torch_steady_s'] > 0  # timed back to back too
+    assert r['ratio_torch_steady'] == pytest.approx(r['sepnets_steady_s'] / r['torch_steady_s'])
     assert r['compile_s'] > 0
     assert r['max_logit_diff'] < 1e-3  # the same weights give the same logits
   text = format_markdown(result, 'python benchmarks/peers.py')
   assert '| mobilenet_v2 | inference, batch 2 |' in text and 'sepnets / PyTorch' in text
   assert 'Keras' in text and result['metadata']['versions']['torch']
-  assert 'an untimed pause of 5 ms before each' in text
+  assert 'an untimed 5 ms before each' in text
+  assert 'sepnets / PyTorch, after a pause | ' in text
+  assert 'sepnets / PyTorch, back to back |' in text
+  assert 'Back to back: ' in text
   options = result['metadata']['sepnets_compiler_options']
   assert options == cpu_compiler_options()  # the tests run on the CPU
   assert ('compiler options `xla_cpu_prefer_vector_width=512`' if options else
@@ -71,3 +76,11 @@ def test_side_by_side_interleaves_in_alternating_order():
   assert all(0 <= t.min_s <= t.median_s for t in timed.values())
   with pytest.raises(ValueError, match='repeats must be >= 1'):
     side_by_side(calls, warmup=0, repeats=0)
+
+
+def test_side_by_side_back_to_back_leads_each_timed_call_with_its_own():
+  log = []
+  calls = {name: (lambda name=name: log.append(name)) for name in ('a', 'b')}
+  timed = side_by_side(calls, warmup=0, repeats=2, pause_s=0, lead_in=1)
+  assert log == ['a', 'a', 'b', 'b', 'b', 'b', 'a', 'a']  # an untimed call before each timed
+  assert all(t.repeats == 2 for t in timed.values())
