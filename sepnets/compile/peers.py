@@ -33,7 +33,7 @@ from sepnets.compile.metadata import run_metadata
 from sepnets.compile.timing import Timing, time_call
 from sepnets.registry import create_model
 from sepnets.runtime import cpu_compiler_options
-from sepnets.train.steps import make_eval_step, make_train_step
+from sepnets.train.steps import compile_predictor, make_train_step
 
 MODELS = ('mobilenet_v2', 'mobilenet_v3_large', 'efficientnet_b0')
 KERAS_APPLICATIONS = {'mobilenet_v2': 'MobileNetV2', 'mobilenet_v3_large': 'MobileNetV3Large',
@@ -110,18 +110,17 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
   """Compiles sepnets' step for each workload: {'calls': {key: fn}, 'compile_s', 'logits'}."""
   options = sepnets_compiler_options()
   out: dict[str, Any] = {'calls': {}, 'compile_s': {}}
-  graphdef, state = nnx.split(model)
   for kind, batch in workloads(config):
     key = f'{kind}{batch}'
     images, labels = _data(config, batch)
     x = jnp.asarray(images)
     start = time.perf_counter()
     if kind == 'infer':
-      step = jax.jit(make_eval_step(graphdef), compiler_options=options).lower(state, x).compile()
+      predict = compile_predictor(model, x, compiler_options=options)
       out['compile_s'][key] = time.perf_counter() - start
-      out['calls'][key] = lambda step=step, x=x: jax.block_until_ready(step(state, x))
+      out['calls'][key] = lambda predict=predict, x=x: jax.block_until_ready(predict(x))
       if batch == config.infer_batches[0]:
-        out['logits'] = np.asarray(step(state, x))
+        out['logits'] = np.asarray(predict(x))
       continue
     model.train()
     train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)

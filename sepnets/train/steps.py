@@ -45,3 +45,25 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
     return nnx.merge(graphdef, state)(images)
 
   return eval_step
+
+
+def compile_predictor(model: nnx.Module, images: Any, *,
+                      compiler_options: dict[str, Any] | None = None
+                      ) -> Callable[[jax.Array], jax.Array]:
+  """`images -> logits` for `model` in eval mode, compiled once for `images`' shape and dtype
+  (an array or a jax.ShapeDtypeStruct), for serving: the weights are held as the flat list of
+  the model state's arrays, so a call hands XLA that list instead of flattening the NNX state
+  (its Variables flatten in Python, call after call: a fixed cost per call that shows at
+  batch 1). Later changes to `model` are not seen; compile again after them.
+  """
+  model.eval()
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  eval_step = make_eval_step(graphdef)
+
+  def predict(leaves: list[jax.Array], images: jax.Array) -> jax.Array:
+    return eval_step(jax.tree.unflatten(treedef, leaves), images)
+
+  compiled = jax.jit(predict, compiler_options=compiler_options).lower(leaves, images).compile()
+  return lambda x: compiled(leaves, x)
+
