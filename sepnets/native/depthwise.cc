@@ -68,6 +68,14 @@ template <typename V>
 inline void Store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 inline Vec Load(const float* p) { return Load<Vec>(p); }
 inline void Store(float* p, Vec v) { Store<Vec>(p, v); }
+// The same bits as another type of the same size (a GCC vector as an intrinsic's __m512).
+template <typename To, typename From>
+inline To As(const From& from) {
+  static_assert(sizeof(To) == sizeof(From));
+  To to;
+  __builtin_memcpy(&to, &from, sizeof(To));
+  return to;
+}
 inline Vec LoadTail(const float* p, int64_t n) {
   Vec v = {};
   for (int64_t k = 0; k < n; ++k) v[k] = p[k];
@@ -176,21 +184,14 @@ inline V Exp(V t) {
   p = p * r + 1.f;
 #if defined(__AVX512F__)
   if constexpr (sizeof(V) == 64) {  // p * 2^n in one instruction, overflow to +inf included
-    V out;
-    const __m512 e = _mm512_scalef_ps(Load<__m512>(reinterpret_cast<const float*>(&p)),
-                                      Load<__m512>(reinterpret_cast<const float*>(&n)));
-    __builtin_memcpy(&out, &e, sizeof(V));
-    return out;
+    return As<V>(_mm512_scalef_ps(As<__m512>(p), As<__m512>(n)));
   }
 #endif
   // 2^(n-1), then times 2: 2^n itself would be +inf at n = 128 though e^t is finite up to 88.7
   typedef int32_t Int __attribute__((vector_size(sizeof(V))));
   Int k = __builtin_convertvector(n, Int) + 126;  // at most 254; NaN converts to INT_MIN
   k = k < 0 ? 0 : k;
-  k <<= 23;
-  V half_scale;
-  __builtin_memcpy(&half_scale, &k, sizeof(V));
-  return p * half_scale * 2.f;
+  return p * As<V>(k << 23) * 2.f;
 }
 
 // 1 / d lane by lane, for d >= 1 (or NaN): the hardware's reciprocal estimate and a Newton
@@ -201,15 +202,13 @@ template <typename V>
 inline V Reciprocal(V d) {
 #if defined(__x86_64__) && defined(__AVX__)
   if constexpr (sizeof(V) == 64 || sizeof(V) == 32) {
-    V y;
+    V y = {};
     if constexpr (sizeof(V) == 64) {
 #if defined(__AVX512F__)
-      const __m512 e = _mm512_rcp14_ps(Load<__m512>(reinterpret_cast<const float*>(&d)));
-      __builtin_memcpy(&y, &e, sizeof(V));
+      y = As<V>(_mm512_rcp14_ps(As<__m512>(d)));
 #endif
     } else {
-      const __m256 e = _mm256_rcp_ps(Load<__m256>(reinterpret_cast<const float*>(&d)));
-      __builtin_memcpy(&y, &e, sizeof(V));
+      y = As<V>(_mm256_rcp_ps(As<__m256>(d)));
     }
     const V zero = {};
     y = y * (2.f - d * y);
