@@ -242,7 +242,8 @@ def test_cost_model_still_sees_the_fused_batchnorm(rng):
 
 @pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish'])
 def test_fused_epilogue_keeps_nan_and_inf_as_jax_does(act):
-  """The native epilogue's activations treat NaN and +-inf like jnp.maximum/minimum do."""
+  """The native epilogue's activations treat NaN and +-inf as JAX's do (jnp.maximum/minimum,
+  and swish's x * 1 / (1 + e^-x), NaN at -inf)."""
   from sepnets.layers.activations import get_act
   from sepnets.layers.depthwise import conv_affine_act
   x = jnp.zeros((1, 4, 12, 16), jnp.float32)
