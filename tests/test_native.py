@@ -33,7 +33,7 @@ def test_no_compiler_is_named(cache, monkeypatch):
 
 def test_failed_build_is_named_and_leaves_nothing(cache, monkeypatch):
   monkeypatch.setenv('CXX', 'false')  # runs, fails
-  with pytest.raises(native.NativeUnavailable, match='building depthwise.cc failed'):
+  with pytest.raises(native.NativeUnavailable, match='building depthwise.cc, channel_sums.cc failed'):
     native.build()
   assert not any(p.is_file() for p in cache.rglob('*'))
 
@@ -54,7 +54,8 @@ def test_source_compiles_for_each_x86_vector_width(march, tmp_path):
   other code: each vector width (SSE 4, AVX2 8, AVX-512 16 floats) must build, whatever this
   machine is (a 64-byte vector pinned to one register once failed on AVX2)."""
   flags = [f for f in native.FLAGS if f not in ('-O3', '-march=native', '-shared', '-fPIC')]
-  cmd = [native._compiler(), '-O0', f'-march={march}', *flags, '-I', jax.ffi.include_dir(), '-c',
-         str(native.SOURCE), '-o', str(tmp_path / 'depthwise.o')]
-  done = subprocess.run(cmd, capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr[-2000:]
+  for source in native.SOURCES:
+    cmd = [native._compiler(), '-O0', f'-march={march}', *flags, '-I', jax.ffi.include_dir(),
+           '-c', str(source), '-o', str(tmp_path / source.with_suffix('.o').name)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,10 +1,12 @@
 """Native XLA:CPU kernels (C++, XLA FFI), built on first use with the system C++ compiler.
 
-`depthwise_targets()` compiles `depthwise.cc` against the XLA FFI headers jaxlib ships
-(`jax.ffi.include_dir()`), for this machine's CPU (`-march=native`), into
-`~/.cache/sepnets/native/<hash>/` (or `$SEPNETS_NATIVE_CACHE`), keyed by the source, the
-jaxlib version, the compiler, its flags and the CPU's flags, so a change to any rebuilds it;
-the library is written under a temporary name and renamed into place. It then registers the
+`depthwise_targets()` compiles `SOURCES` (the depthwise convolution, `depthwise.cc`, and
+BatchNorm's per-channel sums, `channel_sums.cc`, sharing `simd.h`) into one library, against
+the XLA FFI headers jaxlib ships (`jax.ffi.include_dir()`), for this machine's CPU
+(`-march=native`), into `~/.cache/sepnets/native/<hash>/` (or `$SEPNETS_NATIVE_CACHE`),
+keyed by the sources, the jaxlib version, the compiler, its flags and the CPU's flags, so a
+change to any rebuilds it; the library is written under a temporary name and renamed into
+place. It then registers the
 custom-call targets with XLA:CPU, once per process.
 
 Where no compiler is found (`$CXX`, else `c++` / `g++` / `clang++` on PATH) or the build
@@ -25,8 +27,10 @@ import jax
 import jaxlib
 
 SOURCE = Path(__file__).with_name('depthwise.cc')
+SOURCES = (SOURCE, Path(__file__).with_name('channel_sums.cc'))
+HEADERS = (Path(__file__).with_name('simd.h'),)
 TARGETS = {'sepnets_dw_conv': 'SepnetsDwConv', 'sepnets_dw_conv_bias_act': 'SepnetsDwConvBiasAct',
-           'sepnets_dw_tap_grad': 'SepnetsDwTapGrad'}
+           'sepnets_dw_tap_grad': 'SepnetsDwTapGrad', 'sepnets_channel_sums': 'SepnetsChannelSums'}
 """Custom-call target -> exported handler symbol."""
 FLAGS = ('-O3', '-march=native', '-std=gnu++17', '-ffp-contract=fast', '-shared', '-fPIC', '-w')
 ENV = 'SEPNETS_NATIVE'
@@ -64,8 +68,8 @@ def cache_dir() -> Path:
 def build(force: bool = False) -> Path:
   """Compiles the kernels (unless an identical build is cached); returns the library path."""
   cxx = _compiler()
-  source = SOURCE.read_bytes()
-  key = hashlib.sha256(b'\0'.join([source, jaxlib.__version__.encode(), cxx.encode(),
+  sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
+  key = hashlib.sha256(b'\0'.join([*sources, jaxlib.__version__.encode(), cxx.encode(),
                                    ' '.join(FLAGS).encode(), _cpu_flags().encode()]))
   lib = cache_dir() / key.hexdigest()[:16] / 'libsepnets_native.so'
   if lib.exists() and not force:
@@ -73,11 +77,12 @@ def build(force: bool = False) -> Path:
   lib.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix='.so.tmp')
   os.close(fd)
-  cmd = [cxx, *FLAGS, '-I', jax.ffi.include_dir(), str(SOURCE), '-o', tmp]
+  cmd = [cxx, *FLAGS, '-I', jax.ffi.include_dir(), *map(str, SOURCES), '-o', tmp]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-      raise NativeUnavailable(f'building {SOURCE.name} failed ({" ".join(cmd)}):\n'
+      names = ', '.join(path.name for path in SOURCES)
+      raise NativeUnavailable(f'building {names} failed ({" ".join(cmd)}):\n'
                               + done.stderr[-2000:])
     os.replace(tmp, lib)
   finally:
@@ -91,8 +96,9 @@ def enabled() -> bool:
 
 
 def depthwise_targets() -> tuple[str, ...]:
-  """Builds (if needed) and registers the depthwise kernels with XLA:CPU; returns the target
-  names. Raises `NativeUnavailable` (the same one on every later call) when they cannot be."""
+  """Builds (if needed) and registers the native kernels (depthwise and channel sums) with
+  XLA:CPU; returns the target names. Raises `NativeUnavailable` (the same one on every later
+  call) when they cannot be."""
   if not enabled():
     raise NativeUnavailable(f'native kernels are off ({ENV}=0)')
   if 'error' in _state:
