@@ -74,6 +74,9 @@ CUDNN_CONV = {'__cudnn$convForward': 'forward', '__cudnn$convBiasActivationForwa
 CUBLAS_GEMM = ('__cublas$gemm', '__cublas$lt$matmul')
 NATIVE_DEPTHWISE = {'sepnets_dw_conv': 'native', 'sepnets_dw_conv_bias_act': 'native',
                     'sepnets_dw_tap_grad': 'native_tap_grad'}
+NATIVE_SUMS = 'sepnets_channel_sums'
+"""BatchNorm's native one-pass sums (sum a, sum a * b): 3 flops per input element, counted as
+a reduction (XLA counts none for a custom call)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +433,10 @@ class _Counter:
                         inst.shapes[0], fused_in, record)
     if target in NATIVE_DEPTHWISE:
       return self._native_depthwise(inst, NATIVE_DEPTHWISE[target], fused_in, record)
+    if target == NATIVE_SUMS:
+      flops = 3 * self.shape_of(inst.operands[0]).elements
+      self._record(inst, 'reduce', flops, 0, record)
+      return flops
     if target in CUBLAS_GEMM:
       lhs, rhs = self.shape_of(inst.operands[0]), self.shape_of(inst.operands[1])
       config = _backend_config(inst)

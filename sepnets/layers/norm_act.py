@@ -9,7 +9,12 @@ from jax import lax
 
 from sepnets import trace
 from sepnets.layers.activations import get_act
+from sepnets.layers.batch_stats import affine, batch_sums
 from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv, companion_impl
+
+
+REDUCTIONS = ('auto', 'xla')
+"""`BatchNorm(reductions=)`: the native one-pass sums on CPU where they apply, or XLA's."""
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -22,7 +27,18 @@ class BatchNorm(nnx.BatchNorm):
   `x - mean` for `sum(g * (x - mean))`. Values agree to rounding. Everything else — running
   averages, statistics (E[x^2] - E[x]^2 in float32, as `use_fast_variance`), parameters,
   evaluation mode, masks, named axes — is `nnx.BatchNorm`'s.
+
+  `reductions='auto'` takes the training-mode sums (sum x and sum x^2; sum g and sum g * x in
+  the backward) from the native one-pass kernel on CPU (`batch_stats`) for float32 inputs
+  normalized over the last axis; 'xla' keeps XLA's reductions everywhere.
   """
+
+  def __init__(self, *args, reductions: str = 'auto', **kwargs):
+    if reductions not in REDUCTIONS:
+      raise ValueError(f'unknown BatchNorm reductions {reductions!r}; expected one of '
+                       f'{", ".join(REDUCTIONS)}')
+    super().__init__(*args, **kwargs)
+    self.reductions = reductions
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     running = self.use_running_average if use_running_average is None else use_running_average
@@ -30,18 +46,17 @@ class BatchNorm(nnx.BatchNorm):
         or self.scale is None or self.bias is None or not self.use_fast_variance):
       return super().__call__(x, use_running_average, mask=mask)
     axes = tuple(a % x.ndim for a in ((self.axis,) if isinstance(self.axis, int) else self.axis))
-    reduce = tuple(i for i in range(x.ndim) if i not in axes)
     out_dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
     stats = jnp.promote_types(out_dtype, jnp.float32)
     xs = x.astype(stats)
-    mean = xs.mean(reduce)
-    var = jnp.maximum(0.0, (xs * xs).mean(reduce) - mean * mean)
+    native = self.reductions == 'auto' and x.dtype == jnp.float32  # no materialized cast
+    mean, mean_sq = batch_sums(xs, axes, native)
+    var = jnp.maximum(0.0, mean_sq - mean * mean)
     self.mean[...] = lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
     self.var[...] = lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
     a = self.scale[...].astype(stats) * lax.rsqrt(var + self.epsilon)
     b = self.bias[...].astype(stats) - mean * a
-    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
-    return (xs * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
+    return affine(xs, a, b, axes, native).astype(out_dtype)
 
 
 def batch_norm_affine(bn: nnx.BatchNorm) -> tuple[jax.Array, jax.Array]:
@@ -56,10 +71,10 @@ def batch_norm_affine(bn: nnx.BatchNorm) -> tuple[jax.Array, jax.Array]:
 
 
 def batch_norm(channels: int, *, momentum: float = 0.9, eps: float = 1e-5, dtype=None,
-               param_dtype=jnp.float32, rngs: nnx.Rngs) -> BatchNorm:
+               param_dtype=jnp.float32, reductions: str = 'auto', rngs: nnx.Rngs) -> BatchNorm:
   """BatchNorm over the channel axis with PyTorch's defaults (momentum 0.1 there = 0.9 here)."""
   return BatchNorm(channels, momentum=momentum, epsilon=eps, dtype=dtype,
-                   param_dtype=param_dtype, rngs=rngs)
+                   param_dtype=param_dtype, reductions=reductions, rngs=rngs)
 
 
 class ConvNormAct(nnx.Module):
@@ -72,7 +87,7 @@ class ConvNormAct(nnx.Module):
     act: activation name (`activations.ACTIVATIONS`) or None for none.
     norm: False drops the BatchNorm and gives the conv a bias instead.
     strategy: depthwise strategy; 'grouped' also keeps a pointwise or dense conv XLA's own
-      (`conv.companion_impl`).
+      (`conv.companion_impl`), and the BatchNorm's training-mode sums (`reductions='xla'`).
   """
 
   def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int] = 3, *,
@@ -92,7 +107,8 @@ class ConvNormAct(nnx.Module):
                                groups=groups, padding=padding,
                                impl=companion_impl(strategy), **common)
     self.bn = batch_norm(out_chs, momentum=bn_momentum, eps=bn_eps, dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs) if norm else None
+                         param_dtype=param_dtype, rngs=rngs,
+                         reductions='xla' if strategy == 'grouped' else 'auto') if norm else None
     self.act_name = act
     self.act = get_act(act)
 

@@ -164,7 +164,8 @@ ENTRY %main (x: f32[8], y: f32[4,8]) -> f32[4,8] {
 
 def test_native_depthwise_calls_count_as_the_convolution():
   """The native kernels' custom calls count 2 x valid MACs (forward, input gradient and tap
-  gradient alike); XLA counts none, and differs from the HLO count by exactly those."""
+  gradient alike), and BatchNorm's native sums 3 flops per element; XLA counts none, and
+  differs from the HLO count by exactly those."""
   rec, rows = _reconciled('mobilenet_v2', 'train', 'native', 'cpu')
   result = compile_workload(model_workload('mobilenet_v2', mode='train', batch=2, image_size=32,
                                            strategy='native'), parse_target('cpu'))
@@ -175,11 +176,15 @@ def test_native_depthwise_calls_count_as_the_convolution():
   for layer in depthwise:  # the input gradient plus the tap gradient
     assert layer.backward_matmul == 2 * layer.expected, layer.path
   assert len(native) == 3 * len(depthwise)
+  norms = [layer for layer in rec.layers if layer.kind == 'batchnorm']
   assert result.census.custom_calls == {'sepnets_dw_conv': 2 * len(depthwise),
-                                        'sepnets_dw_tap_grad': len(depthwise)}
+                                        'sepnets_dw_tap_grad': len(depthwise),
+                                        'sepnets_channel_sums': 2 * len(norms)}
+  sums = [op for op in cost.ops if op.opcode == 'custom-call' and op.category == 'reduce']
+  assert len(sums) == 2 * len(norms)
   # up to XLA's float32 accumulator, as in test_zoo_counts_agree_with_xla
-  assert abs(cost.flops - result.stats.flops - sum(c.flops for c in native)) <= \
-      1e-5 * result.stats.flops
+  assert abs(cost.flops - result.stats.flops - sum(c.flops for c in native)
+             - sum(op.flops for op in sums)) <= 1e-5 * result.stats.flops
   assert rec.unexplained == 0
 
 
