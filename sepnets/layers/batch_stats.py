@@ -81,24 +81,29 @@ def _native_ok(x: jax.Array, axes: tuple[int, ...]) -> bool:
           and native_kernels.available())
 
 
+def _per_platform(native, xla, x, axes, use_native, *args):
+  """`native(x, *args)` on CPU where `use_native` and the kernel applies (`_native_ok`), chosen
+  at lowering time; `xla(x, *args)` elsewhere."""
+  if not (use_native and _native_ok(x, axes)):
+    return xla(x, *args)
+  return lax.platform_dependent(x, *args, cpu=native, default=xla)
+
+
 def batch_sums(x: jax.Array, axes: tuple[int, ...], native: bool = True
                ) -> tuple[jax.Array, jax.Array]:
   """(mean x, mean x^2) over every axis but `axes`: the native kernel on CPU where `native`
   and it applies (`_native_ok`), XLA's reductions otherwise."""
   reduce = tuple(i for i in range(x.ndim) if i not in axes)
+  count = math.prod(x.shape[i] for i in reduce)
 
   def xla(x):
     return x.mean(reduce), (x * x).mean(reduce)
-
-  if not (native and _native_ok(x, axes)):
-    return xla(x)
-  count = math.prod(x.shape[i] for i in reduce)
 
   def kernel(x):
     total, squares = moments(x)
     return total / count, squares / count
 
-  return lax.platform_dependent(x, cpu=kernel, default=xla)
+  return _per_platform(kernel, xla, x, axes, native)
 
 
 def affine(x: jax.Array, a: jax.Array, b: jax.Array, axes: tuple[int, ...],
@@ -110,6 +115,4 @@ def affine(x: jax.Array, a: jax.Array, b: jax.Array, axes: tuple[int, ...],
   def xla(x, a, b):
     return x * a.reshape(shape) + b.reshape(shape)
 
-  if not (native and _native_ok(x, axes)):
-    return xla(x, a, b)
-  return lax.platform_dependent(x, a, b, cpu=scale_shift, default=xla)
+  return _per_platform(scale_shift, xla, x, axes, native, a, b)

@@ -6,8 +6,7 @@ the XLA FFI headers jaxlib ships (`jax.ffi.include_dir()`), for this machine's C
 (`-march=native`), into `~/.cache/sepnets/native/<hash>/` (or `$SEPNETS_NATIVE_CACHE`),
 keyed by the sources, the jaxlib version, the compiler, its flags and the CPU's flags, so a
 change to any rebuilds it; the library is written under a temporary name and renamed into
-place. It then registers the
-custom-call targets with XLA:CPU, once per process.
+place. It then registers the custom-call targets with XLA:CPU, once per process.
 
 Where no compiler is found (`$CXX`, else `c++` / `g++` / `clang++` on PATH) or the build
 fails, it raises `NativeUnavailable` saying why; `SEPNETS_NATIVE=0` turns native kernels off.
