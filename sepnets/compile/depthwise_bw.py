@@ -4,13 +4,19 @@ A depthwise conv does K*K multiply-adds per output element, far too few to be co
 its limit is memory: the least it must move is its input and kernel in and its output out
 (forward), and the input, kernel and output gradient in and both gradients out (backward).
 Achieved bandwidth is those compulsory bytes over the measured time; the fraction compares it
-with the copy bandwidth (`y = x + 1`, `peaks.measure_copy`) measured on the same working set
-(a copy moving as many bytes), the best a memory-bound op can do on this machine with its
-data where the layer's is: in cache for the small shapes, in memory for the large ones.
+with the copy bandwidth (`y = x + 1`) on the same working set (a copy moving as many bytes),
+the best a memory-bound op can do on this machine with its data where the layer's is: in cache
+for the small shapes, in memory for the large ones.
 
-The copy bandwidth is the copy's fastest run. The headline fraction takes the layer's median
-(typical against best: the conservative reading); `*_fastest_fraction` takes the layer's
-fastest run too, the like-for-like reading, which a noisy machine moves less.
+The copy is timed alternately with the layer, round by round, so both see the machine in the
+same state: on a shared virtual machine the copy bandwidth of one working set moves by tens of
+percent over a few minutes, and a copy measured once, at another moment, moves the fraction with
+it. Each timed call (layer or copy) comes right after an untimed call of its own, so its data is
+as warm as in a loop over it, not evicted by the other. The copy bandwidth is the copy's fastest
+run. The headline fraction takes the layer's median (typical against best: the conservative
+reading); `*_fastest_fraction` takes the layer's fastest run too, the like-for-like reading,
+which a noisy machine moves less. `copy_bandwidth`, where given, replaces the copy with a figure
+per working-set size (tests, or a copy measured elsewhere).
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import numpy as np
 from flax import nnx
 
 from sepnets.compile.layer_workloads import model_shapes
-from sepnets.compile.peaks import measure_copy
-from sepnets.compile.timing import time_compiled
+from sepnets.compile.peaks import copy_call
+from sepnets.compile.timing import Timing, side_by_side, time_compiled
 from sepnets.layers.conv import DepthwiseConv
 
 F32 = 4
@@ -77,44 +83,61 @@ def _functions(shape: DepthwiseShape, strategy: str, batch: int
   return forward, backward, (kernel, x), (kernel, x, dy)
 
 
+def _time_with_copy(call: Callable[[], Any], copy: Callable[[], Any], moved: int, repeats: int
+                    ) -> tuple[Timing, float]:
+  """The layer's timing and the copy's bandwidth (its fastest run), timed alternately, each
+  timed call right after an untimed one of its own (its data as warm as in a loop over it)."""
+  timed = side_by_side({'layer': call, 'copy': copy}, warmup=1, repeats=repeats, pause_s=0,
+                       lead_in=1)
+  return timed['layer'], moved / timed['copy'].min_s
+
+
 def measure(shapes: Sequence[DepthwiseShape], strategies: Sequence[str], *, batch: int,
             repeats: int = 10, copy_bandwidth: Callable[[int], float] | None = None
             ) -> list[dict[str, Any]]:
   """One row per (shape, strategy): times, achieved GB/s and the fraction of the copy
-  bandwidth on the same working set (`copy_bandwidth(bytes moved)`, by default measured on the
-  default device, once per size)."""
-  if copy_bandwidth is None:
-    device = jax.devices()[0]
-    copy_bandwidth = lambda moved: measure_copy(device, moved // 2)  # noqa: E731
-  copies: dict[int, float] = {}
+  bandwidth on the same working set, by default timed alternately with each pass of each
+  layer; `copy_bandwidth(bytes moved)`, where given, supplies it instead (asked once per
+  size)."""
+  copies: dict[int, Any] = {}
   rows = []
   for shape in shapes:
     nbytes = shape.bytes(batch)
     for strategy in strategies:
       forward, backward, fargs, bargs = _functions(shape, strategy, batch)
       row: dict[str, Any] = {**dataclasses.asdict(shape), 'batch': batch,
-                             'strategy': strategy}
+                             'strategy': strategy, 'repeats': repeats}
       for name, fn, args in (('forward', forward, fargs), ('backward', backward, bargs)):
-        timing = time_compiled(fn, *args, repeats=repeats)
+        moved = nbytes[name]
+        if copy_bandwidth is not None:
+          timing = time_compiled(fn, *args, repeats=repeats)
+          if moved not in copies:
+            copies[moved] = copy_bandwidth(moved)
+          copy = copies[moved]
+        else:
+          if moved not in copies:
+            copies[moved] = copy_call(jax.devices()[0], moved // 2)
+          copy_fn, copy_moved = copies[moved]
+          call = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))  # noqa: E731
+          timing, copy = _time_with_copy(call, copy_fn, copy_moved, repeats)
         seconds = timing.median_s
-        achieved = nbytes[name] / seconds
-        if nbytes[name] not in copies:
-          copies[nbytes[name]] = copy_bandwidth(nbytes[name])
-        copy = copies[nbytes[name]]
-        row.update({f'{name}_ms': seconds * 1e3, f'{name}_bytes': nbytes[name],
+        achieved = moved / seconds
+        row.update({f'{name}_ms': seconds * 1e3, f'{name}_bytes': moved,
                     f'{name}_gbps': achieved / 1e9, f'{name}_copy_gbps': copy / 1e9,
                     f'{name}_fraction': achieved / copy,
                     f'{name}_fastest_ms': timing.min_s * 1e3,
-                    f'{name}_fastest_fraction': nbytes[name] / timing.min_s / copy})
+                    f'{name}_fastest_fraction': moved / timing.min_s / copy})
       rows.append(row)
   return rows
 
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  repeats = rows[0]['repeats'] if rows else 10
   lines = ['Depthwise layers against the memory roofline: compulsory bytes / time, as a fraction '
-           'of the copy bandwidth (`y = x + 1`, fastest of 20) on the same working set (a copy '
-           'moving as many bytes). ms and GB/s are medians; "/ copy" is the median\'s fraction, '
-           '"fastest / copy" the fastest run\'s.', '',
+           f'of the copy bandwidth (`y = x + 1`, fastest of {repeats}, timed alternately with the '
+           'layer, each timed call after an untimed one of its own) on the same working set (a '
+           'copy moving as many bytes). ms and GB/s are medians; "/ copy" is the median\'s '
+           'fraction, "fastest / copy" the fastest run\'s.', '',
            '| layer (C, K, stride, input) | batch | strategy | fwd ms | fwd GB/s | copy GB/s '
            '| fwd / copy | fastest / copy | bwd ms | bwd GB/s | copy GB/s | bwd / copy '
            '| fastest / copy |',

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from sepnets.compile.timing import time_compiled
+from sepnets.compile.timing import time_call, time_compiled
 
 COPY_SIZES_MIB = (1, 8, 64, 256)
 
@@ -70,10 +72,16 @@ def measure_peaks(device: jax.Device, *, matmul_sizes: tuple[int, ...] | None = 
   return Peaks(device.platform, device.device_kind, flops, copy)
 
 
+def copy_call(device: jax.Device, size_bytes: int) -> tuple[Callable[[], Any], int]:
+  """`y = x + 1` over `size_bytes` of float32 on `device`, compiled: a call that returns once
+  it is done, and the bytes one call moves (read + write)."""
+  x = jax.device_put(jnp.zeros((max(int(size_bytes) // 4, 1),), jnp.float32), device)
+  add = jax.jit(lambda v: v + 1).lower(x).compile()
+  return lambda: jax.block_until_ready(add(x)), 2 * x.size * 4
+
+
 def measure_copy(device: jax.Device, size_bytes: int, *, repeats: int = 20) -> float:
   """Copy bandwidth (bytes moved per second: read + write) of `y = x + 1` over `size_bytes`
   of float32 on `device`, the fastest of `repeats`."""
-  x = jax.device_put(jnp.zeros((max(int(size_bytes) // 4, 1),), jnp.float32), device)
-  add = jax.jit(lambda v: v + 1).lower(x).compile()
-  seconds = time_compiled(add, x, repeats=repeats).min_s
-  return 2 * x.size * 4 / seconds
+  call, moved = copy_call(device, size_bytes)
+  return moved / time_call(call, repeats=repeats).min_s

@@ -54,3 +54,28 @@ def test_copy_bandwidth_is_measured_at_the_size_asked():
   moved = 2 * 3 * 2**20
   bandwidth = measure_copy(jax.devices()[0], moved // 2, repeats=3)
   assert 1e8 < bandwidth < 1e13  # bytes moved per second, plausible for any machine
+
+
+def test_copy_is_timed_alternately_with_each_layer_pass(monkeypatch):
+  """Without a given bandwidth, each pass's copy is timed in the same rounds as the layer:
+  one compiled copy per working-set size, called once per round (plus its untimed lead-in)."""
+  import sepnets.compile.depthwise_bw as bw
+  made, calls = [], []
+
+  def fake_copy_call(device, size_bytes):
+    made.append(size_bytes)
+    return (lambda: calls.append(size_bytes)), 2 * size_bytes
+
+  monkeypatch.setattr(bw, 'copy_call', fake_copy_call)
+  shape = DepthwiseShape(16, 3, 2, 12)
+  rows = measure([shape], ['native', 'shift'], batch=2, repeats=3)
+  moved = shape.bytes(2)
+  assert made == [moved['forward'] // 2, moved['backward'] // 2]  # compiled once per size
+  # two strategies x two passes x (1 warm-up + 3 rounds of lead-in + timed call)
+  assert len(calls) == 2 * 2 * (1 + 3 * 2)
+  for r in rows:
+    assert r['repeats'] == 3
+    for name in ('forward', 'backward'):
+      assert r[f'{name}_copy_gbps'] > 0
+      assert r[f'{name}_fraction'] == pytest.approx(r[f'{name}_gbps'] / r[f'{name}_copy_gbps'])
+  assert 'fastest of 3, timed alternately with the layer' in format_markdown(rows)

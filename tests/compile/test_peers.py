@@ -11,8 +11,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sepnets.compile.peers import (PeersConfig, format_markdown, run_peers,  # noqa: E402
-                                   side_by_side)
+from sepnets.compile.peers import PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.compile.timing import side_by_side  # noqa: E402
 from sepnets.runtime import cpu_compiler_options  # noqa: E402
 
 
