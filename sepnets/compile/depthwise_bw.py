@@ -99,7 +99,8 @@ def measure(shapes: Sequence[DepthwiseShape], strategies: Sequence[str], *, batc
   bandwidth on the same working set, by default timed alternately with each pass of each
   layer; `copy_bandwidth(bytes moved)`, where given, supplies it instead (asked once per
   size)."""
-  copies: dict[int, Any] = {}
+  given: dict[int, float] = {}  # copy_bandwidth's answer per size
+  copies: dict[int, tuple[Callable[[], Any], int]] = {}  # compiled copy and its bytes, per size
   rows = []
   for shape in shapes:
     nbytes = shape.bytes(batch)
@@ -111,9 +112,9 @@ def measure(shapes: Sequence[DepthwiseShape], strategies: Sequence[str], *, batc
         moved = nbytes[name]
         if copy_bandwidth is not None:
           timing = time_compiled(fn, *args, repeats=repeats)
-          if moved not in copies:
-            copies[moved] = copy_bandwidth(moved)
-          copy = copies[moved]
+          if moved not in given:
+            given[moved] = copy_bandwidth(moved)
+          copy = given[moved]
         else:
           if moved not in copies:
             copies[moved] = copy_call(jax.devices()[0], moved // 2)
