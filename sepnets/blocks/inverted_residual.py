@@ -12,6 +12,7 @@ from flax import nnx
 from sepnets.blocks.common import LayerOptions, add_residual, drop_path, squeeze_excite
 from sepnets.builder import ResolvedBlock
 from sepnets.layers import ConvNormAct
+from sepnets.layers.norm_act import conv_norm_act_pair
 
 
 class InvertedResidual(nnx.Module):
@@ -36,8 +37,9 @@ class InvertedResidual(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
     if self.conv_pw is not None:
-      x = self.conv_pw(x)
-    x = self.conv_dw(x)
+      x = conv_norm_act_pair(self.conv_pw, self.conv_dw, x)
+    else:
+      x = self.conv_dw(x)
     if self.se is not None:
       x = self.se(x)
     x = self.conv_pwl(x)

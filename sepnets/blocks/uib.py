@@ -12,6 +12,7 @@ from flax import nnx
 from sepnets.blocks.common import LayerOptions, add_residual, drop_path
 from sepnets.builder import ResolvedBlock
 from sepnets.layers import ConvNormAct
+from sepnets.layers.norm_act import conv_norm_act_pair
 
 
 class UniversalInvertedBottleneck(nnx.Module):
@@ -37,9 +38,10 @@ class UniversalInvertedBottleneck(nnx.Module):
     shortcut = x
     if self.dw_start is not None:
       x = self.dw_start(x)
-    x = self.pw_exp(x)
     if self.dw_mid is not None:
-      x = self.dw_mid(x)
+      x = conv_norm_act_pair(self.pw_exp, self.dw_mid, x)
+    else:
+      x = self.pw_exp(x)
     x = self.pw_proj(x)
     if self.has_skip:
       x = add_residual(x, shortcut, self.drop_path)

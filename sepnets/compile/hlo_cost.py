@@ -73,6 +73,7 @@ CUDNN_CONV = {'__cudnn$convForward': 'forward', '__cudnn$convBiasActivationForwa
               '__cudnn$convBackwardFilter': 'backward_filter'}
 CUBLAS_GEMM = ('__cublas$gemm', '__cublas$lt$matmul')
 NATIVE_DEPTHWISE = {'sepnets_dw_conv': 'native', 'sepnets_dw_conv_bias_act': 'native',
+                    'sepnets_dw_act_conv_bias_act': 'native',
                     'sepnets_dw_tap_grad': 'native_tap_grad'}
 NATIVE_SUMS = 'sepnets_channel_sums'
 """BatchNorm's native one-pass sums (sum a, sum a * b): 3 flops per input element, counted as

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers import dense, pointwise
+from sepnets.layers.activations import get_act
 from sepnets.layers.depthwise import conv_affine_act, get_strategy
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
@@ -150,18 +151,24 @@ class DepthwiseConv(_Conv2d):
     self.strategy = strategy
 
   def __call__(self, x: jax.Array, *, norm_act: tuple[jax.Array, jax.Array, str | None] | None
-               = None) -> jax.Array:
+               = None, act_in: tuple[jax.Array, jax.Array, str | None] | None = None
+               ) -> jax.Array:
     """The convolution; with `norm_act=(scale, bias, act)`, `act(conv(x) * scale + bias)`
     (an eval-mode BatchNorm and activation, one native kernel call on CPU:
-    `depthwise.conv_affine_act`)."""
+    `depthwise.conv_affine_act`), and with `act_in=(scale, bias, act)` as well, of
+    `act(x * scale + bias)` instead of `x` (the layer before's, applied in the same call)."""
     if norm_act is None or self.use_bias:
+      if act_in is not None:
+        x = get_act(act_in[2])(x * act_in[0] + act_in[1])
       return super().__call__(x)
     self.output_shape(x.shape)
     scale, bias, act = norm_act
-    x, kernel, scale, bias = self.promote_dtype((x, self.kernel[...], scale, bias),
-                                                dtype=self.dtype)
+    pre = act_in[:2] if act_in is not None else ()
+    x, kernel, scale, bias, *pre = self.promote_dtype((x, self.kernel[...], scale, bias, *pre),
+                                                      dtype=self.dtype)
     return conv_affine_act(self.strategy, x, kernel, scale, bias, act, self.strides,
-                           self.padding, self.kernel_dilation)
+                           self.padding, self.kernel_dilation,
+                           act_in=(*pre, act_in[2]) if act_in is not None else None)
 
 
 class PointwiseConv(_Conv2d):

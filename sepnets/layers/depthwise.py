@@ -304,42 +304,57 @@ NATIVE_ACTS = {None: 0, 'identity': 0, 'relu': 1, 'relu6': 2, 'hard_swish': 3, '
 
 def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.Array,
                     bias: jax.Array, act: str | None, strides: Sequence[int],
-                    padding: str | Sequence[tuple[int, int]],
-                    dilation: Sequence[int]) -> jax.Array:
+                    padding: str | Sequence[tuple[int, int]], dilation: Sequence[int], *,
+                    act_in: tuple[jax.Array, jax.Array, str | None] | None = None
+                    ) -> jax.Array:
   """`act(depthwise(x, kernel) * scale + bias)` with per-channel `scale` and `bias`: a
-  depthwise conv followed by an eval-mode BatchNorm and its activation.
+  depthwise conv followed by an eval-mode BatchNorm and its activation. With
+  `act_in=(in_scale, in_bias, in_act)` the conv's input is `in_act(x * in_scale + in_bias)`
+  instead of `x` (zero padding after it): the eval-mode BatchNorm and activation of the layer
+  before, whose output then is never stored.
 
   With `native` (and `auto` on CPU) it is one kernel call: `scale` folded into the taps, the
   shift and the activation (`NATIVE_ACTS`; others run after it) applied as each output
   block is stored, so the output is written once instead of written, read and written again
-  (XLA cannot fuse into a custom call). Folding the scale into the taps rounds differently
-  from scaling the sum (a few ulps). Its gradient is that of the unfused native form. Other
-  strategies compute the expression as written.
+  (XLA cannot fuse into a custom call); `act_in` (with an activation in `NATIVE_ACTS`; others
+  run before the call) is applied to each source row once as the kernel reads it, so the
+  input is read once instead of read, written and read again. Folding the scale into the taps
+  rounds differently from scaling the sum (a few ulps). Its gradient is that of the unfused
+  native form. Other strategies compute the expression as written.
   """
-  def composed(conv, x, kernel, scale, bias):
+  def composed(conv, x, kernel, scale, bias, *pre):
+    if pre:
+      x = get_act(act_in[2])(x * pre[0] + pre[1])
     y = conv(x, kernel, strides, padding, rhs_dilation=dilation,
              dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[3])
     return get_act(act)(y * scale + bias)
 
-  def fused(x, kernel, scale, bias):
+  def fused(x, kernel, scale, bias, *pre):
     f32 = jnp.dtype(jnp.float32)
-    if not all(a.dtype == f32 for a in (x, kernel, scale, bias)) or (
+    if not all(a.dtype == f32 for a in (x, kernel, scale, bias, *pre)) or (
         kernel.shape[3] != x.shape[3]):
-      return composed(native, x, kernel, scale, bias)
+      return composed(native, x, kernel, scale, bias, *pre)
     native_kernels.depthwise_targets()
     geometry = _native_geometry(x, kernel, strides, padding, dilation)
-    y = _native_affine_act(geometry, act, x, _taps(kernel), scale, bias)
+    if pre and act_in[2] not in NATIVE_ACTS:
+      x, pre = get_act(act_in[2])(x * pre[0] + pre[1]), ()
+    if pre:
+      y = _native_act_affine_act(geometry, (act_in[2], act), x, _taps(kernel), scale, bias,
+                                 *pre)
+    else:
+      y = _native_affine_act(geometry, act, x, _taps(kernel), scale, bias)
     return y if act in NATIVE_ACTS else get_act(act)(y)
 
+  pre = act_in[:2] if act_in is not None else ()
   if strategy == 'native':
-    return fused(x, kernel, scale, bias)
+    return fused(x, kernel, scale, bias, *pre)
   if strategy == 'auto':
     branches = {platform: fused if auto_choice(platform) == 'native'
                 else functools.partial(composed, STRATEGIES[auto_choice(platform)])
                 for platform in AUTO_CHOICE}
-    return lax.platform_dependent(x, kernel, scale, bias,
+    return lax.platform_dependent(x, kernel, scale, bias, *pre,
                                   default=functools.partial(composed, grouped), **branches)
-  return composed(get_strategy(strategy), x, kernel, scale, bias)
+  return composed(get_strategy(strategy), x, kernel, scale, bias, *pre)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -364,6 +379,32 @@ def _native_affine_act_bwd(geometry, act, residuals, g):
 
 
 _native_affine_act.defvjp(_native_affine_act_fwd, _native_affine_act_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _native_act_affine_act(geometry, acts, x, taps, scale, bias, in_scale, in_bias):
+  out = jax.ShapeDtypeStruct(_native_out_shape(geometry, x), x.dtype)
+  act_in, act = acts
+  return jax.ffi.ffi_call('sepnets_dw_act_conv_bias_act', out, vmap_method='sequential')(
+      x, taps * scale, bias, in_scale, in_bias, act=np.int64(NATIVE_ACTS.get(act, 0)),
+      act_in=np.int64(NATIVE_ACTS[act_in]), **_ffi_attrs(geometry))
+
+
+def _native_act_affine_act_unfused(geometry, acts, x, taps, scale, bias, in_scale, in_bias):
+  x = get_act(acts[0])(x * in_scale + in_bias)
+  return _native_affine_act_unfused(geometry, acts[1], x, taps, scale, bias)
+
+
+def _native_act_affine_act_fwd(geometry, acts, *args):
+  return _native_act_affine_act(geometry, acts, *args), args
+
+
+def _native_act_affine_act_bwd(geometry, acts, residuals, g):
+  _, vjp = jax.vjp(functools.partial(_native_act_affine_act_unfused, geometry, acts), *residuals)
+  return vjp(g)
+
+
+_native_act_affine_act.defvjp(_native_act_affine_act_fwd, _native_act_affine_act_bwd)
 
 auto = platform_auto(
     lambda: {platform: STRATEGIES[auto_choice(platform)] for platform in AUTO_CHOICE}, grouped,

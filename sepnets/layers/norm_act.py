@@ -11,6 +11,7 @@ from sepnets import trace
 from sepnets.layers.activations import get_act
 from sepnets.layers.batch_stats import affine, batch_sums
 from sepnets.layers.conv import DepthwiseConv, PointwiseConv, StandardConv, companion_impl
+from sepnets.layers.depthwise import NATIVE_ACTS
 
 
 REDUCTIONS = ('auto', 'xla')
@@ -123,6 +124,28 @@ def fuses_eval_norm(conv: nnx.Module, bn: BatchNorm | None) -> bool:
   return (isinstance(conv, DepthwiseConv) and conv.strategy in ('auto', 'native')
           and bn is not None and bn.use_running_average is True and not conv.use_bias
           and not trace.recording())
+
+
+def fuses_eval_pair(first: nnx.Module, second: nnx.Module) -> bool:
+  """Eval mode, two ConvNormActs in a row (not quantization wrappers), the second fusing its
+  own BatchNorm (`fuses_eval_norm`), the first with a BatchNorm and an activation the native
+  kernel applies (`depthwise.NATIVE_ACTS`): the first's BatchNorm and activation go into the
+  second's kernel call too, applied to its input as it is read (`conv_norm_act_pair`)."""
+  return (type(first) is ConvNormAct and type(second) is ConvNormAct
+          and fuses_eval_norm(second.conv, second.bn) and first.bn is not None
+          and first.bn.use_running_average is True and not first.conv.use_bias
+          and first.act_name in NATIVE_ACTS)
+
+
+def conv_norm_act_pair(first: nnx.Module, second: nnx.Module, x: jax.Array) -> jax.Array:
+  """`second(first(x))`; where `fuses_eval_pair` holds (an expansion 1x1 conv, then a
+  depthwise conv, in eval mode), the first's BatchNorm and activation run inside the second's
+  native kernel as it reads its input, so the expanded tensor before them is the only one
+  stored (not also the one after: a full write and read of the block's largest tensor)."""
+  if not fuses_eval_pair(first, second):
+    return second(first(x))
+  return second.conv(first.conv(x), norm_act=(*batch_norm_affine(second.bn), second.act_name),
+                     act_in=(*batch_norm_affine(first.bn), first.act_name))
 
 
 def conv_norm_act(conv: nnx.Module, bn: BatchNorm | None, act: str | None,

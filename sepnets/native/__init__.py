@@ -29,6 +29,7 @@ SOURCE = Path(__file__).with_name('depthwise.cc')
 SOURCES = (SOURCE, Path(__file__).with_name('channel_sums.cc'))
 HEADERS = (Path(__file__).with_name('simd.h'),)
 TARGETS = {'sepnets_dw_conv': 'SepnetsDwConv', 'sepnets_dw_conv_bias_act': 'SepnetsDwConvBiasAct',
+           'sepnets_dw_act_conv_bias_act': 'SepnetsDwActConvBiasAct',
            'sepnets_dw_tap_grad': 'SepnetsDwTapGrad', 'sepnets_channel_sums': 'SepnetsChannelSums'}
 """Custom-call target -> exported handler symbol."""
 FLAGS = ('-O3', '-march=native', '-std=gnu++17', '-ffp-contract=fast', '-shared', '-fPIC', '-w')

@@ -10,6 +10,9 @@
 //   sepnets_dw_conv_bias_act: the forward sepnets_dw_conv, then act(out + bias[c]) with act
 //                         none, relu, relu6, hard_swish or swish (eval-mode BatchNorm +
 //                         activation);
+//   sepnets_dw_act_conv_bias_act: sepnets_dw_conv_bias_act of act_in(src * in_scale[c] +
+//                         in_bias[c]) (the eval-mode BatchNorm and activation of the layer
+//                         before, applied as the source rows are read);
 //   sepnets_dw_tap_grad:  out[i*KW+j, c] = sum_{n,p,q} x[n, row(p,i), col(q,j), c] * g[n,p,q,c].
 //
 // Positions outside the source are zero. Work is split over (batch, output row) and run on
@@ -78,6 +81,23 @@ struct ConvArgs {
   const float* bias = nullptr;  // per channel, added before the activation (the epilogue)
   int64_t act = kNone;
   int64_t col_low = 0;  // the forward window's low column pad (source column of q: q*S - col_low)
+};
+
+// Where a row kernel reads one image's source rows: row s at base + Index(s) * w * c. The
+// image itself (ring == 0), or a ring of `ring` rows that holds the rows of the current window
+// after a prologue (row s in slot s % ring; see RunConv).
+struct Image {
+  const float* base;
+  int64_t ring = 0;
+  int64_t Index(int64_t s) const { return ring ? s % ring : s; }
+};
+
+// The prologue act(x * scale + bias) (per channel) that turns the source as stored into the
+// convolution's input: the eval-mode BatchNorm and activation of the layer before.
+struct Prologue {
+  const float* scale;
+  const float* bias;
+  int64_t act;
 };
 
 // e^t lane by lane, for the swish epilogue: t = n ln2 + r with n an integer and |r| <= ln2 / 2,
@@ -176,12 +196,13 @@ inline void PinRegister(V& v) {
 }
 
 // The source of a register block whose columns are all inside the input: row r's columns
-// start at src + (row_src[r] * w + col0) * c (src already offset to the channel block).
+// start at src + (row_at[r] * w + col0) * c (src already offset to the channel block; row_at
+// the rows' places in the Image).
 struct InsideSource {
   const float* src;
-  const int64_t* row_src;
+  const int64_t* row_at;
   int64_t w, c, col0;
-  const float* Row(int64_t r) const { return src + (row_src[r] * w + col0) * c; }
+  const float* Row(int64_t r) const { return src + (row_at[r] * w + col0) * c; }
   const float* At(const float* row, int64_t m) const { return row + m * c; }
   static constexpr bool Has(int64_t) { return true; }
 };
@@ -190,9 +211,9 @@ struct InsideSource {
 // but only the span's columns [m_lo, m_hi) are inside the input (the others read as zeros).
 struct ClippedSource {
   const float* src;
-  const int64_t* row_src;
+  const int64_t* row_at;
   int64_t w, c, col0, m_lo, m_hi;
-  const float* Row(int64_t r) const { return src + row_src[r] * w * c; }
+  const float* Row(int64_t r) const { return src + row_at[r] * w * c; }
   const float* At(const float* row, int64_t m) const { return row + (col0 + m) * c; }
   bool Has(int64_t m) const { return m >= m_lo && m < m_hi; }
 };
@@ -250,8 +271,9 @@ inline V PixelSum(const float* src, const float* taps, const int64_t* src_off,
 
 // Output column q of row (b, p), channels [c_begin, c), with only its valid taps: the
 // border columns, and any column of a geometry without register blocks.
-void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p, int64_t q,
+void ConvPixel(const ConvArgs& a, const Image& img, float* out_row, int64_t p, int64_t q,
                int64_t c_begin) {
+  const float* src_n = img.base;
   const int64_t c = a.c, kw = a.kw;
   std::vector<int64_t> offsets;  // (source, tap) offset pairs of the valid taps
   int64_t local[2 * 64];
@@ -262,7 +284,7 @@ void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p,
   int64_t n = 0;
   for (int64_t r = 0; r < a.rows.count[p]; ++r) {
     for (int64_t k = 0; k < a.cols.count[q]; ++k, ++n) {
-      src_off[n] = (a.rows.src[p * a.kh + r] * a.w + a.cols.src[q * kw + k]) * c;
+      src_off[n] = (img.Index(a.rows.src[p * a.kh + r]) * a.w + a.cols.src[q * kw + k]) * c;
       tap_off[n] = (a.rows.tap[p * a.kh + r] * kw + a.cols.tap[q * kw + k]) * c;
     }
   }
@@ -295,18 +317,17 @@ void ConvPixel(const ConvArgs& a, const float* src_n, float* out_row, int64_t p,
 }
 
 // Output row (b, p), column by column (any geometry).
-void ConvRowColumns(const ConvArgs& a, int64_t b, int64_t p) {
-  const float* src_n = a.src + b * a.h * a.w * a.c;
+void ConvRowColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
   float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
-  for (int64_t q = 0; q < a.ow; ++q) ConvPixel(a, src_n, out_row, p, q, 0);
+  for (int64_t q = 0; q < a.ow; ++q) ConvPixel(a, img, out_row, p, q, 0);
 }
 
-// Register blocks of P output columns of output row p, image src_n: channels [c_lo, c_hi)
+// Register blocks of P output columns of output row p, image img: channels [c_lo, c_hi)
 // (whole register-wide blocks) and, with `tail`, the rest (a half-register block, or
 // tail_pixel(k, first channel) for each column k). Source columns [col0, col0 + span) of the
 // row's source rows; where they run past the input's edges, those columns read zeros.
 template <int64_t KW, int64_t S, int64_t P, typename TailPixel>
-void BlockColumns(const ConvArgs& a, const float* src_n, int64_t p, int64_t col0,
+void BlockColumns(const ConvArgs& a, const Image& img, int64_t p, int64_t col0,
                   const float* taps, float* out, const BlockLayout& layout, const float* bias,
                   int64_t c_lo, int64_t c_hi, bool tail, const TailPixel& tail_pixel) {
   constexpr int64_t kSpan = (P - 1) * S + KW;
@@ -315,6 +336,9 @@ void BlockColumns(const ConvArgs& a, const float* src_n, int64_t p, int64_t col0
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  const float* src_n = img.base;
+  int64_t row_at[kMaxRows];  // nrows <= kh <= kMaxRows for the geometries with blocks
+  for (int64_t r = 0; r < nrows; ++r) row_at[r] = img.Index(row_src[r]);
   auto blocks = [&](const auto& source_at) {
     for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
       ConvBlock<Vec, KW, S, P>(source_at(c0), taps + c0, out + c0, row_tap, nrows, layout,
@@ -329,12 +353,12 @@ void BlockColumns(const ConvArgs& a, const float* src_n, int64_t p, int64_t col0
     }
   };
   if (col0 >= 0 && col0 + kSpan <= w) {
-    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_src, w, c, col0}; });
+    blocks([&](int64_t c0) { return InsideSource{src_n + c0, row_at, w, c, col0}; });
     return;
   }
   const int64_t m_lo = std::max<int64_t>(0, -col0), m_hi = std::min(kSpan, w - col0);
   blocks([&](int64_t c0) {
-    return ClippedSource{src_n + c0, row_src, w, c, col0, m_lo, m_hi};
+    return ClippedSource{src_n + c0, row_at, w, c, col0, m_lo, m_hi};
   });
 }
 
@@ -353,12 +377,11 @@ struct Ahead {
 // block `ahead`: the hardware prefetchers alone leave this loop waiting on memory, most of all
 // on the stores.
 template <int64_t KW, int64_t S, int64_t P>
-void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, const Ahead& ahead,
-                 int64_t c_lo, int64_t c_hi, bool tail) {
+void ConvColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p, int64_t q,
+                 const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
   const int64_t c = a.c, w = a.w;
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
-  const float* src_n = a.src + b * a.h * w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
   const int64_t width = (tail ? c : c_hi) - c_lo;
   // The source rows the next output row reads and this one does not (the next image's first
@@ -387,10 +410,10 @@ void ConvColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t q, const Ahead
       __builtin_prefetch(ahead.out + m * c + k, 1, 3);
     }
   }
-  BlockColumns<KW, S, P>(a, src_n, p, q * S - a.col_low, a.taps, out_row + q * c,
+  BlockColumns<KW, S, P>(a, img, p, q * S - a.col_low, a.taps, out_row + q * c,
                          BlockLayout{KW * c, c, c}, a.bias, c_lo, c_hi, tail,
                          [&](int64_t k, int64_t c_from) {
-                           ConvPixel(a, src_n, out_row, p, q + k, c_from);
+                           ConvPixel(a, img, out_row, p, q + k, c_from);
                          });
 }
 
@@ -408,14 +431,14 @@ struct RowBlocks {
 
 // ConvColumns for a block `width` (kFewPixels to kPixels) columns wide.
 template <int64_t KW, int64_t S>
-void ConvBlockOf(int64_t width, const ConvArgs& a, int64_t b, int64_t p, int64_t q,
-                 const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
+void ConvBlockOf(int64_t width, const ConvArgs& a, const Image& img, int64_t b, int64_t p,
+                 int64_t q, const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
   switch (width) {
-    case 4: return ConvColumns<KW, S, 4>(a, b, p, q, ahead, c_lo, c_hi, tail);
-    case 5: return ConvColumns<KW, S, 5>(a, b, p, q, ahead, c_lo, c_hi, tail);
-    case 6: return ConvColumns<KW, S, 6>(a, b, p, q, ahead, c_lo, c_hi, tail);
-    case 7: return ConvColumns<KW, S, 7>(a, b, p, q, ahead, c_lo, c_hi, tail);
-    default: return ConvColumns<KW, S, 8>(a, b, p, q, ahead, c_lo, c_hi, tail);
+    case 4: return ConvColumns<KW, S, 4>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 5: return ConvColumns<KW, S, 5>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 6: return ConvColumns<KW, S, 6>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 7: return ConvColumns<KW, S, 7>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    default: return ConvColumns<KW, S, 8>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
   }
 }
 
@@ -425,10 +448,10 @@ void ConvBlockOf(int64_t width, const ConvArgs& a, int64_t b, int64_t p, int64_t
 // next (the next tile's first block after the last; the next row's after the last tile's).
 // Rows narrower than kFewPixels go column by column.
 template <int64_t KW, int64_t S>
-void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
+void ConvRow(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
   const int64_t ow = a.ow, c = a.c;
   if (ow < kFewPixels) {
-    ConvRowColumns(a, b, p);
+    ConvRowColumns(a, img, b, p);
     return;
   }
   const RowBlocks blocks(ow);
@@ -453,7 +476,7 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
       } else if (!last_row) {
         ahead = {out_row + ow * c, blocks.Width(0), tile_width(0)};
       }
-      ConvBlockOf<KW, S>(blocks.Width(i), a, b, p, q, ahead, c_lo, c_hi, tail);
+      ConvBlockOf<KW, S>(blocks.Width(i), a, img, b, p, q, ahead, c_lo, c_hi, tail);
     }
   }
 }
@@ -465,31 +488,32 @@ void ConvRow(const ConvArgs& a, int64_t b, int64_t p) {
 // column: the forward register blocks with that layout. Columns [v0, v0 + P) of one parity
 // of row (b, p); a.src is the output gradient, a.out the input gradient.
 template <int64_t NT, int64_t P>
-void TransposedColumns(const ConvArgs& a, int64_t b, int64_t p, int64_t parity, int64_t v0,
-                       int64_t j_max, int64_t o_min, int64_t c_lo, int64_t c_hi, bool tail) {
+void TransposedColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p,
+                       int64_t parity, int64_t v0, int64_t j_max, int64_t o_min, int64_t c_lo,
+                       int64_t c_hi, bool tail) {
   const int64_t c = a.c;
-  const float* src_n = a.src + b * a.h * a.w * c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
-  BlockColumns<NT, 1, P>(a, src_n, p, v0 + o_min, a.taps + j_max * c,
+  BlockColumns<NT, 1, P>(a, img, p, v0 + o_min, a.taps + j_max * c,
                          out_row + (2 * v0 + parity) * c, BlockLayout{a.kw * c, -2 * c, 2 * c},
                          nullptr, c_lo, c_hi, tail, [&](int64_t k, int64_t c_from) {
-                           ConvPixel(a, src_n, out_row, p, 2 * (v0 + k) + parity, c_from);
+                           ConvPixel(a, img, out_row, p, 2 * (v0 + k) + parity, c_from);
                          });
 }
 
 // Columns [v, v + kPixels) of one parity (fewer at its end: 4-column blocks, the last shifted
 // back), all channels.
 template <int64_t NT>
-void TransposedParityBlock(const ConvArgs& a, int64_t b, int64_t p, int64_t parity,
-                           int64_t count, int64_t v, int64_t j_max, int64_t o_min) {
+void TransposedParityBlock(const ConvArgs& a, const Image& img, int64_t b, int64_t p,
+                           int64_t parity, int64_t count, int64_t v, int64_t j_max,
+                           int64_t o_min) {
   const int64_t full_c = a.c / kLanes * kLanes;
   if (count - v >= kPixels) {
-    TransposedColumns<NT, kPixels>(a, b, p, parity, v, j_max, o_min, 0, full_c, true);
+    TransposedColumns<NT, kPixels>(a, img, b, p, parity, v, j_max, o_min, 0, full_c, true);
     return;
   }
   for (int64_t u = v; u < count; u += kFewPixels) {
-    TransposedColumns<NT, kFewPixels>(a, b, p, parity, std::min(u, count - kFewPixels), j_max,
-                                      o_min, 0, full_c, true);
+    TransposedColumns<NT, kFewPixels>(a, img, b, p, parity, std::min(u, count - kFewPixels),
+                                      j_max, o_min, 0, full_c, true);
   }
 }
 
@@ -498,8 +522,7 @@ void TransposedParityBlock(const ConvArgs& a, int64_t b, int64_t p, int64_t pari
 // writing it is most of the cost), the block after next prefetched for writing. A parity with
 // fewer than kFewPixels columns, or more than 3 taps, goes column by column.
 template <int64_t KW>
-void TransposedRow2(const ConvArgs& a, int64_t b, int64_t p) {
-  const float* src_n = a.src + b * a.h * a.w * a.c;
+void TransposedRow2(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
   float* out_row = a.out + (b * a.oh + p) * a.ow * a.c;
   int64_t count[2], j_max[2], nt[2], o_min[2];
   for (int64_t parity = 0; parity < 2; ++parity) {
@@ -510,7 +533,7 @@ void TransposedRow2(const ConvArgs& a, int64_t b, int64_t p) {
     }
     o_min[parity] = nt[parity] ? (parity + a.col_low - j_max[parity]) / 2 : 0;
     if (count[parity] < kFewPixels || nt[parity] < 1 || nt[parity] > 3) {
-      for (int64_t q = parity; q < a.ow; q += 2) ConvPixel(a, src_n, out_row, p, q, 0);
+      for (int64_t q = parity; q < a.ow; q += 2) ConvPixel(a, img, out_row, p, q, 0);
       count[parity] = 0;
     }
   }
@@ -524,22 +547,22 @@ void TransposedRow2(const ConvArgs& a, int64_t b, int64_t p) {
       if (v >= count[parity]) continue;
       switch (nt[parity]) {
         case 1:
-          TransposedParityBlock<1>(a, b, p, parity, count[parity], v, j_max[parity],
+          TransposedParityBlock<1>(a, img, b, p, parity, count[parity], v, j_max[parity],
                                    o_min[parity]);
           break;
         case 2:
-          TransposedParityBlock<2>(a, b, p, parity, count[parity], v, j_max[parity],
+          TransposedParityBlock<2>(a, img, b, p, parity, count[parity], v, j_max[parity],
                                    o_min[parity]);
           break;
         default:
-          TransposedParityBlock<3>(a, b, p, parity, count[parity], v, j_max[parity],
+          TransposedParityBlock<3>(a, img, b, p, parity, count[parity], v, j_max[parity],
                                    o_min[parity]);
       }
     }
   }
 }
 
-using RowFn = void (*)(const ConvArgs&, int64_t, int64_t);
+using RowFn = void (*)(const ConvArgs&, const Image&, int64_t, int64_t);
 
 // The row kernel for a geometry: register blocks for undilated windows at most kMaxRows high,
 // forward 3 or 5 columns wide at stride 1 or 2, transposed 5 wide at stride 2; else column by
@@ -556,11 +579,31 @@ RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
   return ConvRowColumns;
 }
 
+// Source row `row` (w pixels of c channels) through the prologue into `dst`.
+void PrologueRow(const Prologue& pre, const float* row, float* dst, int64_t w, int64_t c) {
+  const int64_t full_c = c / kLanes * kLanes;
+  float scale[kLanes] = {}, bias[kLanes] = {};  // the channels after the last whole block
+  for (int64_t k = full_c; k < c; ++k) {
+    scale[k - full_c] = pre.scale[k];
+    bias[k - full_c] = pre.bias[k];
+  }
+  for (int64_t px = 0; px < w; ++px, row += c, dst += c) {
+    int64_t c0 = 0;
+    for (; c0 < full_c; c0 += kLanes) {
+      Store(dst + c0, Epilogue<Vec>(Load(row + c0) * Load(pre.scale + c0), pre.bias + c0, pre.act));
+    }
+    if (c0 < c) {
+      const Vec v = LoadTail(row + c0, c - c0) * Load(scale);
+      StoreTail(dst + c0, Epilogue<Vec>(v, bias, pre.act), c - c0);
+    }
+  }
+}
+
 ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
                    const ffi::Buffer<ffi::F32>& taps, const float* bias, int64_t bias_len,
                    int64_t act, ffi::Result<ffi::Buffer<ffi::F32>>& out, int64_t kh, int64_t kw,
                    int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
-                   bool transposed) {
+                   bool transposed, const Prologue* pre = nullptr) {
   auto sd = src.dimensions();
   auto od = out->dimensions();
   if (sd.size() != 4 || od.size() != 4 || taps.dimensions().size() != 2) {
@@ -583,9 +626,32 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // rows in its cache, and is the one its prefetches are for.
   const int64_t rows = a.n * a.oh;
   const int64_t chunks = std::min<int64_t>(rows, 8 * std::max<int64_t>(1, pool.num_threads()));
+  const int64_t image = a.h * a.w * a.c;
+  // With a prologue, each run keeps the source rows of its current window, through the
+  // prologue, in a ring of as many rows as a window spans (source row s of image b in slot
+  // s % ring): each row is transformed once per run, and read from cache by the row kernel.
+  const int64_t ring = (kh - 1) * dh + 1;
   ParallelFor(pool, chunks, [&](int64_t chunk) {
-    for (int64_t row = rows * chunk / chunks; row < rows * (chunk + 1) / chunks; ++row) {
-      row_fn(a, row / a.oh, row % a.oh);
+    const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
+    if (pre == nullptr) {
+      for (int64_t row = first; row < last; ++row) {
+        const int64_t b = row / a.oh;
+        row_fn(a, Image{a.src + b * image}, b, row % a.oh);
+      }
+      return;
+    }
+    std::vector<float> rows_in(ring * a.w * a.c);
+    std::vector<int64_t> held(ring, -1);  // b * h + s of the row in each slot
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t b = row / a.oh, p = row % a.oh;
+      for (int64_t k = 0; k < a.rows.count[p]; ++k) {
+        const int64_t s = a.rows.src[p * kh + k], slot = s % ring;
+        if (held[slot] == b * a.h + s) continue;
+        held[slot] = b * a.h + s;
+        PrologueRow(*pre, a.src + held[slot] * a.w * a.c, rows_in.data() + slot * a.w * a.c, a.w,
+                    a.c);
+      }
+      row_fn(a, Image{rows_in.data(), ring}, b, p);
     }
   });
   return ffi::Error::Success();
@@ -610,6 +676,27 @@ ffi::Error DwConvBiasAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src,
   }
   return RunConv(pool, src, taps, bias.typed_data(), bias.dimensions()[0], act, out, kh, kw, sh,
                  sw, dh, dw, ph, pw, false);
+}
+
+// The same with the prologue act_in(src * in_scale + in_bias) on its input (the eval-mode
+// BatchNorm and activation of the layer before): out = act(conv(act_in(src * in_scale +
+// in_bias)) + bias), zero padding applied after the prologue.
+ffi::Error DwActConvBiasAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src,
+                            ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::F32> bias,
+                            ffi::Buffer<ffi::F32> in_scale, ffi::Buffer<ffi::F32> in_bias,
+                            ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                            int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,
+                            int64_t act, int64_t act_in) {
+  const int64_t c = src.dimensions().size() == 4 ? src.dimensions()[3] : -1;
+  if (bias.dimensions().size() != 1 || in_scale.dimensions().size() != 1 ||
+      in_bias.dimensions().size() != 1 || in_scale.dimensions()[0] != c ||
+      in_bias.dimensions()[0] != c || act_in < kNone || act_in > kSwish) {
+    return ffi::Error::InvalidArgument(
+        "sepnets_dw_act_conv_bias_act: expected (C,) bias, in_scale and in_bias, a known act_in");
+  }
+  const Prologue pre{in_scale.typed_data(), in_bias.typed_data(), act_in};
+  return RunConv(pool, src, taps, bias.typed_data(), bias.dimensions()[0], act, out, kh, kw, sh,
+                 sw, dh, dw, ph, pw, false, &pre);
 }
 
 // Adds output row p's columns [lo, hi) (all taps in range, rows too) to the tap gradient,
@@ -794,6 +881,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwConvBiasAct, DwConvBiasAct,
                                              .Arg<F32Buffer>()
                                              .Ret<F32Buffer>())
                                   .Attr<int64_t>("act"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwActConvBiasAct, DwActConvBiasAct,
+                              WithWindow(ffi::Ffi::Bind()
+                                             .Ctx<ffi::ThreadPool>()
+                                             .Arg<F32Buffer>()
+                                             .Arg<F32Buffer>()
+                                             .Arg<F32Buffer>()
+                                             .Arg<F32Buffer>()
+                                             .Arg<F32Buffer>()
+                                             .Ret<F32Buffer>())
+                                  .Attr<int64_t>("act")
+                                  .Attr<int64_t>("act_in"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwTapGrad, DwTapGrad,
                               WithWindow(ffi::Ffi::Bind()

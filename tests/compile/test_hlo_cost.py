@@ -3,8 +3,11 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax import lax
 
+from sepnets import create_model
+from sepnets.blocks.inverted_residual import InvertedResidual
 from sepnets.compile.hlo_cost import Window, conv_flops, hlo_cost, parse_instruction, parse_window
 from sepnets.compile.lowering import compile_workload, model_workload
 from sepnets.compile.reconcile import attribute, format_reconciliation, reconcile
@@ -196,5 +199,11 @@ def test_fused_eval_depthwise_calls_count_as_the_convolution():
                                            image_size=32, strategy='auto'), parse_target('cpu'))
   depthwise = [layer for layer in rec.layers if layer.kind == 'depthwise']
   assert depthwise and all(layer.status == 'exact' for layer in depthwise)
-  assert result.census.custom_calls == {'sepnets_dw_conv_bias_act': len(depthwise)}
+  # after an expansion conv, that conv's BatchNorm and activation are in the call too
+  model = nnx.eval_shape(lambda: create_model('mobilenet_v3_small', rngs=nnx.Rngs(0)))
+  expanded = sum(isinstance(m, InvertedResidual) and m.conv_pw is not None
+                 for _, m in nnx.iter_graph(model))
+  assert 0 < expanded < len(depthwise)
+  assert result.census.custom_calls == {'sepnets_dw_conv_bias_act': len(depthwise) - expanded,
+                                        'sepnets_dw_act_conv_bias_act': expanded}
   assert rec.unexplained == 0
