@@ -272,3 +272,119 @@ def test_fused_swish_is_accurate_over_the_float_range():
     want = b / (1 + np.exp(-b))
   for column in np.asarray(got)[0, 0]:
     np.testing.assert_allclose(column, want, rtol=1e-6, atol=1e-35)
+
+
+@pytest.mark.parametrize('channels,width,kernel,stride,padding,dilation', [
+    (20, 12, 3, 1, 'SAME', 1),           # a tail of 4 lanes (AVX-512) or a half block
+    (72, 11, 3, 2, 'SAME', 1),           # odd width at stride 2
+    (37, 9, 5, 2, ((2, 2), (2, 2)), 1),  # symmetric 5x5, a one-lane tail
+    (24, 3, 3, 1, 'SAME', 1),            # rows narrower than a register block
+    (33, 10, 3, 1, 'SAME', 2),           # dilated: a ring of 5 rows
+])
+@pytest.mark.parametrize('act_in,act', [('relu6', 'relu6'), ('hard_swish', None),
+                                        ('swish', 'swish'), (None, 'relu'), ('gelu', 'relu')])
+def test_native_prologue_matches_grouped(channels, width, kernel, stride, padding, dilation,
+                                         act_in, act, rng):
+  """`conv_affine_act(act_in=...)`: the native kernel applies the input's BatchNorm and
+  activation row by row (zero padding after them) in the same call (gelu, not native, runs
+  before it) and equals the unfused grouped reference, value and every gradient."""
+  from sepnets.layers.depthwise import conv_affine_act
+  x = jnp.asarray(rng.standard_normal((2, width + 1, width, channels)) * 3, jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
+  per_channel = [jnp.asarray(rng.standard_normal(channels), jnp.float32) for _ in range(4)]
+
+  def fn(strategy):
+    def apply(x, w, scale, bias, in_scale, in_bias):
+      return conv_affine_act(strategy, x, w, scale, bias, act, (stride, stride), padding,
+                             (dilation, dilation), act_in=(in_scale, in_bias, act_in))
+    return apply
+
+  args = (x, w, *per_channel)
+  hlo = jax.jit(fn('native')).lower(*args).compile().as_text()
+  assert hlo.count('custom_call_target="sepnets_dw_act_conv_bias_act"') == (act_in != 'gelu')
+  assert rel_err(jax.jit(fn('native'))(*args), fn('grouped')(*args)) <= 1e-5
+  ct = jnp.asarray(rng.standard_normal(fn('grouped')(*args).shape), jnp.float32)
+  grads = {name: jax.jit(jax.grad(lambda *a: jnp.sum(fn(name)(*a) * ct), tuple(range(6))))(*args)
+           for name in ('grouped', 'native')}
+  for got, ref in zip(grads['native'], grads['grouped']):
+    assert rel_err(got, ref) <= 1e-5
+
+
+def test_native_prologue_is_not_applied_to_the_padding():
+  """Positions outside the input stay zero after the prologue: act(0 * s + b) would be 1 here."""
+  from sepnets.layers.depthwise import conv_affine_act
+  x = jnp.zeros((1, 5, 6, 16), jnp.float32)
+  ones = jnp.ones(16, jnp.float32)
+  got = conv_affine_act('native', x, jnp.ones((3, 3, 1, 16)), ones, 0 * ones, None, (1, 1),
+                        'SAME', (1, 1), act_in=(ones, ones, 'relu'))
+  counts = np.asarray([[2, 3, 3, 3, 3, 2]])  # valid rows x cols per output pixel, row 0
+  np.testing.assert_array_equal(got[0, 0, :, 0], (counts * 2)[0])
+  np.testing.assert_array_equal(got[0, 2, :, 0], (counts * 3)[0])
+
+
+def _eval_layer(in_chs, out_chs, kernel, act, strategy, seed, **kw):
+  from sepnets.layers import ConvNormAct
+  rng = np.random.default_rng(seed)
+  layer = ConvNormAct(in_chs, out_chs, kernel, act=act, strategy=strategy, rngs=nnx.Rngs(seed),
+                      **kw)
+  layer.bn.mean[...] = jnp.asarray(rng.standard_normal(out_chs), jnp.float32)
+  layer.bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, out_chs), jnp.float32)
+  layer.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, out_chs), jnp.float32)
+  layer.bn.bias[...] = jnp.asarray(rng.standard_normal(out_chs), jnp.float32)
+  layer.eval()
+  return layer
+
+
+def _expand_then_depthwise(strategy, act, mid=40, stride=2):
+  return (_eval_layer(12, mid, 1, act, strategy, 1),
+          _eval_layer(mid, mid, 3, 'relu6', strategy, 2, stride=stride, groups=mid))
+
+
+@pytest.mark.parametrize('act', ['relu6', 'hard_swish', 'swish'])
+def test_eval_expansion_norm_act_runs_in_the_depthwise_call(act, rng):
+  """`conv_norm_act_pair` in eval mode: the 1x1 expansion is a plain dot and its BatchNorm and
+  activation go into the depthwise call, which equals the two layers run one after the other
+  with grouped convolutions, value and input gradient."""
+  from sepnets.layers.norm_act import conv_norm_act_pair
+  x = jnp.asarray(rng.standard_normal((2, 14, 10, 12)), jnp.float32)
+  ref_first, ref_second = _expand_then_depthwise('grouped', act)
+  for strategy in ('native', 'auto'):
+    first, second = _expand_then_depthwise(strategy, act)
+    graph, state = nnx.split((first, second))
+
+    def fn(state, x):
+      first, second = nnx.merge(graph, state)
+      return conv_norm_act_pair(first, second, x)
+
+    hlo = jax.jit(fn).lower(state, x).compile().as_text()
+    assert hlo.count('custom_call_target="sepnets_dw_act_conv_bias_act"') == 1, strategy
+    assert 'sepnets_dw_conv_bias_act"' not in hlo
+    assert rel_err(jax.jit(fn)(state, x), ref_second(ref_first(x))) <= 1e-5
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
+    assert rel_err(grad(lambda x: fn(state, x)), grad(lambda x: ref_second(ref_first(x)))) <= 1e-5
+
+
+def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
+  """Not fused: in training mode, with an activation the kernel lacks (gelu), or when either
+  layer is not a plain ConvNormAct (a quantization wrapper); the result is the same."""
+  from sepnets.layers.norm_act import conv_norm_act_pair, fuses_eval_pair
+  first, second = _expand_then_depthwise('auto', 'relu6')
+  assert fuses_eval_pair(first, second)
+  gelu_first, _ = _expand_then_depthwise('auto', 'gelu')
+  assert not fuses_eval_pair(gelu_first, second)
+
+  class Wrapped(nnx.Module):
+    def __init__(self, layer):
+      self.layer = layer
+
+    def __call__(self, x):
+      return self.layer(x)
+
+  assert not fuses_eval_pair(Wrapped(first), second)
+  assert not fuses_eval_pair(first, Wrapped(second))
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 12)), jnp.float32)
+  hlo = jax.jit(lambda x: conv_norm_act_pair(gelu_first, second, x)).lower(x).compile().as_text()
+  assert 'sepnets_dw_act_conv_bias_act' not in hlo and 'sepnets_dw_conv_bias_act' in hlo
+  first.train()
+  second.train()
+  assert not fuses_eval_pair(first, second)
