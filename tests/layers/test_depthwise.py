@@ -199,16 +199,22 @@ def test_native_register_blocks_match_grouped(channels, width, kernel, stride, p
     assert rel_err(got, ref) <= 1e-5
 
 
+def _with_running_stats(layer, rng):
+  """`layer` (a ConvNormAct) in eval mode, its BatchNorm's statistics and affine drawn from
+  `rng` (not the identity a fresh one is)."""
+  channels = layer.bn.mean.shape[0]
+  layer.bn.mean[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
+  layer.bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, channels), jnp.float32)
+  layer.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, channels), jnp.float32)
+  layer.bn.bias[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
+  layer.eval()
+  return layer
+
+
 def _eval_block(strategy, act, channels, stride, rng):
   from sepnets.layers import ConvNormAct
-  block = ConvNormAct(channels, channels, 3, stride=stride, groups=channels, act=act,
-                      strategy=strategy, rngs=nnx.Rngs(0))
-  block.bn.mean[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
-  block.bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, channels), jnp.float32)
-  block.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, channels), jnp.float32)
-  block.bn.bias[...] = jnp.asarray(rng.standard_normal(channels), jnp.float32)
-  block.eval()
-  return block
+  return _with_running_stats(ConvNormAct(channels, channels, 3, stride=stride, groups=channels,
+                                         act=act, strategy=strategy, rngs=nnx.Rngs(0)), rng)
 
 
 @pytest.mark.parametrize('act', ['relu', 'relu6', 'hard_swish', 'swish', 'gelu', None])
@@ -324,15 +330,9 @@ def test_native_prologue_is_not_applied_to_the_padding():
 
 def _eval_layer(in_chs, out_chs, kernel, act, strategy, seed, **kw):
   from sepnets.layers import ConvNormAct
-  rng = np.random.default_rng(seed)
   layer = ConvNormAct(in_chs, out_chs, kernel, act=act, strategy=strategy, rngs=nnx.Rngs(seed),
                       **kw)
-  layer.bn.mean[...] = jnp.asarray(rng.standard_normal(out_chs), jnp.float32)
-  layer.bn.var[...] = jnp.asarray(rng.uniform(0.2, 3.0, out_chs), jnp.float32)
-  layer.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, out_chs), jnp.float32)
-  layer.bn.bias[...] = jnp.asarray(rng.standard_normal(out_chs), jnp.float32)
-  layer.eval()
-  return layer
+  return _with_running_stats(layer, np.random.default_rng(seed))
 
 
 def _expand_then_depthwise(strategy, act, mid=40, stride=2):
