@@ -126,15 +126,23 @@ def fuses_eval_norm(conv: nnx.Module, bn: BatchNorm | None) -> bool:
           and not trace.recording())
 
 
+PAIR_ACTS = frozenset(NATIVE_ACTS) - {'swish'}
+"""The activations of a first layer that `conv_norm_act_pair` moves into the depthwise call.
+Not swish, though the kernel has it: timed in one process with and without the pair fused
+(2 cores, AVX-512), efficientnet_b0's swish made inference slower at batch 1 and gained
+little at batch 32, where mobilenet_v2's relu6 and mobilenet_v3_large's hard_swish gained at
+batch 32 and broke even at batch 1 (the numbers are in the closing note of issue 7)."""
+
+
 def fuses_eval_pair(first: nnx.Module, second: nnx.Module) -> bool:
   """Eval mode, two ConvNormActs in a row (not quantization wrappers), the second fusing its
-  own BatchNorm (`fuses_eval_norm`), the first with a BatchNorm and an activation the native
-  kernel applies (`depthwise.NATIVE_ACTS`): the first's BatchNorm and activation go into the
-  second's kernel call too, applied to its input as it is read (`conv_norm_act_pair`)."""
+  own BatchNorm (`fuses_eval_norm`), the first with a BatchNorm and an activation in
+  `PAIR_ACTS`: the first's BatchNorm and activation go into the second's kernel call too,
+  applied to its input as it is read (`conv_norm_act_pair`)."""
   return (type(first) is ConvNormAct and type(second) is ConvNormAct
           and fuses_eval_norm(second.conv, second.bn) and first.bn is not None
           and first.bn.use_running_average is True and not first.conv.use_bias
-          and first.act_name in NATIVE_ACTS)
+          and first.act_name in PAIR_ACTS)
 
 
 def conv_norm_act_pair(first: nnx.Module, second: nnx.Module, x: jax.Array) -> jax.Array:

@@ -625,7 +625,12 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // Contiguous runs of output rows, a few per thread: a thread's next row reuses the source
   // rows in its cache, and is the one its prefetches are for.
   const int64_t rows = a.n * a.oh;
-  const int64_t chunks = std::min<int64_t>(rows, 8 * std::max<int64_t>(1, pool.num_threads()));
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t chunks = std::min<int64_t>(rows, 8 * threads);
+  if (pre != nullptr) {  // runs of at least 4 windows' height where that leaves each thread one:
+    // a run's first row passes kh source rows through the prologue, the others 1 or 2
+    chunks = std::min(chunks, std::max(std::min(threads, rows), rows / (4 * kh)));
+  }
   const int64_t image = a.h * a.w * a.c;
   // With a prologue, each run keeps the source rows of its current window, through the
   // prologue, in a ring of as many rows as a window spans (source row s of image b in slot

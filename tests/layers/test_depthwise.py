@@ -340,7 +340,7 @@ def _expand_then_depthwise(strategy, act, mid=40, stride=2):
           _eval_layer(mid, mid, 3, 'relu6', strategy, 2, stride=stride, groups=mid))
 
 
-@pytest.mark.parametrize('act', ['relu6', 'hard_swish', 'swish'])
+@pytest.mark.parametrize('act', ['relu6', 'hard_swish', 'relu', None])
 def test_eval_expansion_norm_act_runs_in_the_depthwise_call(act, rng):
   """`conv_norm_act_pair` in eval mode: the 1x1 expansion is a plain dot and its BatchNorm and
   activation go into the depthwise call, which equals the two layers run one after the other
@@ -365,13 +365,15 @@ def test_eval_expansion_norm_act_runs_in_the_depthwise_call(act, rng):
 
 
 def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
-  """Not fused: in training mode, with an activation the kernel lacks (gelu), or when either
-  layer is not a plain ConvNormAct (a quantization wrapper); the result is the same."""
+  """Not fused: in training mode, with an activation the kernel lacks (gelu) or that costs
+  more in it than it saves (swish, `norm_act.PAIR_ACTS`), or when either layer is not a plain
+  ConvNormAct (a quantization wrapper)."""
   from sepnets.layers.norm_act import conv_norm_act_pair, fuses_eval_pair
   first, second = _expand_then_depthwise('auto', 'relu6')
   assert fuses_eval_pair(first, second)
   gelu_first, _ = _expand_then_depthwise('auto', 'gelu')
   assert not fuses_eval_pair(gelu_first, second)
+  assert not fuses_eval_pair(_expand_then_depthwise('auto', 'swish')[0], second)
 
   class Wrapped(nnx.Module):
     def __init__(self, layer):
