@@ -14,8 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sepnets.layers import dense, pointwise
-from sepnets.layers.activations import get_act
-from sepnets.layers.depthwise import conv_affine_act, get_strategy
+from sepnets.layers.depthwise import affine_act, conv_affine_act, get_strategy
 from sepnets.layers.helpers import (check_padding, conv_out_size, lax_padding, pair,
                                     positive_int, resolve_pads)
 
@@ -159,7 +158,7 @@ class DepthwiseConv(_Conv2d):
     `act(x * scale + bias)` instead of `x` (the layer before's, applied in the same call)."""
     if norm_act is None or self.use_bias:
       if act_in is not None:
-        x = get_act(act_in[2])(x * act_in[0] + act_in[1])
+        x = affine_act(x, *act_in)
       return super().__call__(x)
     self.output_shape(x.shape)
     scale, bias, act = norm_act

@@ -302,6 +302,11 @@ NATIVE_ACTS = {None: 0, 'identity': 0, 'relu': 1, 'relu6': 2, 'hard_swish': 3, '
 """Activations the native kernel applies in its epilogue (its `act` codes); others run after."""
 
 
+def affine_act(x: jax.Array, scale: jax.Array, bias: jax.Array, act: str | None) -> jax.Array:
+  """`act(x * scale + bias)`, per channel: an eval-mode BatchNorm and its activation."""
+  return get_act(act)(x * scale + bias)
+
+
 def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.Array,
                     bias: jax.Array, act: str | None, strides: Sequence[int],
                     padding: str | Sequence[tuple[int, int]], dilation: Sequence[int], *,
@@ -324,10 +329,10 @@ def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.A
   """
   def composed(conv, x, kernel, scale, bias, *pre):
     if pre:
-      x = get_act(act_in[2])(x * pre[0] + pre[1])
+      x = affine_act(x, *pre, act_in[2])
     y = conv(x, kernel, strides, padding, rhs_dilation=dilation,
              dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[3])
-    return get_act(act)(y * scale + bias)
+    return affine_act(y, scale, bias, act)
 
   def fused(x, kernel, scale, bias, *pre):
     f32 = jnp.dtype(jnp.float32)
@@ -337,7 +342,7 @@ def conv_affine_act(strategy: str, x: jax.Array, kernel: jax.Array, scale: jax.A
     native_kernels.depthwise_targets()
     geometry = _native_geometry(x, kernel, strides, padding, dilation)
     if pre and act_in[2] not in NATIVE_ACTS:
-      x, pre = get_act(act_in[2])(x * pre[0] + pre[1]), ()
+      x, pre = affine_act(x, *pre, act_in[2]), ()
     if pre:
       y = _native_act_affine_act(geometry, (act_in[2], act), x, _taps(kernel), scale, bias,
                                  *pre)
@@ -391,7 +396,7 @@ def _native_act_affine_act(geometry, acts, x, taps, scale, bias, in_scale, in_bi
 
 
 def _native_act_affine_act_unfused(geometry, acts, x, taps, scale, bias, in_scale, in_bias):
-  x = get_act(acts[0])(x * in_scale + in_bias)
+  x = affine_act(x, in_scale, in_bias, acts[0])
   return _native_affine_act_unfused(geometry, acts[1], x, taps, scale, bias)
 
 
