@@ -133,3 +133,13 @@ def available() -> bool:
   except NativeUnavailable:
     return False
   return True
+
+
+def last_level_cache_bytes() -> int:
+  """The last-level cache size the native kernels read (Linux's sysfs, else 32 MiB): a forward
+  depthwise pass whose source and output together exceed it writes its output with
+  non-temporal stores. Raises `NativeUnavailable` where the kernels cannot be used."""
+  depthwise_targets()
+  fn = _state['lib'].SepnetsLastLevelCacheBytes
+  fn.restype = ctypes.c_int64
+  return int(fn())

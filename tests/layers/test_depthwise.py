@@ -390,3 +390,34 @@ def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
   first.train()
   second.train()
   assert not fuses_eval_pair(first, second)
+
+
+@pytest.mark.parametrize('stride,act_in', [(1, None), (2, None), (1, 'relu6'), (2, 'hard_swish')])
+def test_native_streamed_output_equals_the_cached_one(stride, act_in, rng):
+  """A forward pass whose source and output outgrow the last-level cache writes its output
+  with non-temporal stores: the same numbers as the same images in two calls that fit (cached
+  stores), plain (with the input gradient, at stride 1 a forward pass too), with a BatchNorm
+  epilogue and with a prologue."""
+  from sepnets.layers.depthwise import conv_affine_act
+  from sepnets.native import last_level_cache_bytes
+  channels, size = 64, 56
+  out_size = (size - 1) // stride + 1
+  per_image = (size * size + out_size * out_size) * channels * 4
+  half = int(0.6 * last_level_cache_bytes()) // per_image + 1
+  assert 2 * half * per_image > last_level_cache_bytes() >= half * per_image
+  x = jnp.asarray(rng.standard_normal((2 * half, size, size, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), jnp.float32)
+  ct = jnp.asarray(rng.standard_normal((2 * half, out_size, out_size, channels)), jnp.float32)
+  scale, bias, in_scale, in_bias = (jnp.asarray(rng.standard_normal(channels), jnp.float32)
+                                    for _ in range(4))
+
+  def native(x, ct):
+    if act_in is None:
+      y, vjp = jax.vjp(lambda x: _conv('native', x, w, stride, 'same', 1), x)
+      return y, vjp(ct)[0]
+    return conv_affine_act('native', x, w, scale, bias, 'relu', (stride, stride), 'SAME',
+                           (1, 1), act_in=(in_scale, in_bias, act_in)), x
+
+  fn = jax.jit(native)
+  for whole, *halves in zip(fn(x, ct), fn(x[:half], ct[:half]), fn(x[half:], ct[half:])):
+    np.testing.assert_array_equal(np.asarray(whole), np.concatenate(halves))
