@@ -135,11 +135,11 @@ def available() -> bool:
   return True
 
 
-def last_level_cache_bytes() -> int:
-  """The last-level cache size the native kernels read (Linux's sysfs, else 32 MiB): a forward
-  depthwise pass whose source and output together exceed it writes its output with
+def stream_above_bytes() -> int:
+  """A native forward depthwise pass whose source and output together exceed this many bytes
+  (half the last-level cache in Linux's sysfs, else 16 MiB) writes its output with
   non-temporal stores. Raises `NativeUnavailable` where the kernels cannot be used."""
   depthwise_targets()
-  fn = _state['lib'].SepnetsLastLevelCacheBytes
+  fn = _state['lib'].SepnetsStreamAboveBytes
   fn.restype = ctypes.c_int64
   return int(fn())
