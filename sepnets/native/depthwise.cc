@@ -477,7 +477,7 @@ void ConvBlockOf(int64_t width, const ConvArgs& a, const Image& img, int64_t b, 
 
 // Whether the forward loop prefetches each register block's successor for writing. Not on AMD
 // CPUs: on a Zen 4 (EPYC family 25, model 17) every mobilenet_v2 depthwise layer at batch 32
-// ran as fast or faster without it, by 3-25% at the median (one process, the two alternated).
+// took 2-26% less time at the median without it (one process, the two alternated).
 bool PrefetchOutput() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool yes = [] {
@@ -494,9 +494,10 @@ bool PrefetchOutput() {
 // 8 columns that tile the row exactly (RowBlocks). At stride 1 on rows of more than two
 // blocks, one tile of kTile channels at a time, so the rows' tile stays in L1 across the
 // blocks; otherwise each block takes every channel, so the block reads its source rows'
-// columns and writes its output columns in order (on a Zen 4, 14x14 and 7x7 maps ran 10-30%
-// faster so, and at stride 2, where a block's span shares one column with the next, so did
-// 56x56 and 28x28 inputs). Where PrefetchOutput(), each block prefetches the output of the
+// columns and writes its output columns in order (on a Zen 4 at batch 32: 576 channels at
+// 14x14 and 960 at 7x7 took 9-32% less time so, 384 at 14x14 the same within noise; at
+// stride 2, where a block's span shares one column with the next, 56x56 and 28x28 inputs 5-9%
+// less). Where PrefetchOutput(), each block prefetches the output of the
 // next (the next tile's first block after the last; the next row's after the last tile's).
 // Rows narrower than kFewPixels go column by column.
 template <int64_t KW, int64_t S>
@@ -701,9 +702,11 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // A forward pass whose source and output together fill more than half the last-level cache
   // writes its output past the caches: the output would not stay there for the next layer
   // either, and a non-temporal store does not first read the line it replaces (a third less
-  // memory traffic). At batch 32 on a Zen 4 (32 MiB L3) every mobilenet_v2 stride-1 layer on
-  // maps of 14x14 and up ran 20-45% faster, and the three models' inference the same within
-  // noise (one process, alternated). Needs register-wide rows of channels, an aligned output.
+  // memory traffic). At batch 32 on a Zen 4 (32 MiB L3), mobilenet_v2's stride-1 layers took
+  // 9-32% less time streaming, its stride-2 layers the same; with the threshold at half the
+  // cache rather than all of it, 384 and 576 channels at 14x14 a further 21-22% less and 192 at
+  // 28x28, stride 2, 9% less; the three models' inference the same within noise either way
+  // (one process, alternated). Needs whole registers of channels and an aligned output.
   const int64_t moved = (a.n * a.h * a.w + a.n * a.oh * a.ow) * a.c * int64_t{sizeof(float)};
   a.stream = !transposed && a.c % kLanes == 0 &&
              reinterpret_cast<uintptr_t>(a.out) % kVecBytes == 0 && moved > StreamAboveBytes();
