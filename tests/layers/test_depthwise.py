@@ -395,9 +395,9 @@ def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
 @pytest.mark.parametrize('stride,act_in', [(1, None), (2, None), (1, 'relu6'), (2, 'hard_swish')])
 def test_native_streamed_output_equals_the_cached_one(stride, act_in, rng):
   """A forward pass whose source and output fill more than half the last-level cache writes its
-  output with non-temporal stores: the same numbers as the same images in two calls that fit (cached
-  stores), plain (with the input gradient, at stride 1 a forward pass too), with a BatchNorm
-  epilogue and with a prologue."""
+  output with non-temporal stores: the same numbers as the same images in two calls that fit
+  (cached stores), plain (with the input gradient, at stride 1 a forward pass too), with a
+  BatchNorm epilogue and with a prologue."""
   from sepnets.layers.depthwise import conv_affine_act
   from sepnets.native import stream_above_bytes
   channels, size = 64, 56
