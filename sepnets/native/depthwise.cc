@@ -236,17 +236,10 @@ inline void StreamStore(float* out, Vec v) {
   _mm512_stream_ps(out, As<__m512>(v));
 #elif defined(__AVX__)
   _mm256_stream_ps(out, As<__m256>(v));
-#elif defined(__SSE__)
+#elif defined(__x86_64__)
   _mm_stream_ps(out, As<__m128>(v));
 #else
   Store(out, v);
-#endif
-}
-
-// Orders a thread's non-temporal stores before what it does next (its work counted as done).
-inline void StreamFence() {
-#if defined(__SSE__)
-  _mm_sfence();
 #endif
 }
 
@@ -524,14 +517,15 @@ void ConvRow(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
     for (int64_t i = 0; i < blocks.count; ++i) {
       const int64_t q = blocks.Start(i);
       Ahead ahead;
-      if (!prefetch) {
-        // none
-      } else if (i + 1 < blocks.count) {
-        ahead = {out_row + blocks.Start(i + 1) * c + c_lo, blocks.Width(i + 1), tile_width(c_lo)};
-      } else if (!tail) {
-        ahead = {out_row + c_hi, blocks.Width(0), tile_width(c_hi)};
-      } else if (!last_row) {
-        ahead = {out_row + ow * c, blocks.Width(0), tile_width(0)};
+      if (prefetch) {
+        if (i + 1 < blocks.count) {
+          ahead = {out_row + blocks.Start(i + 1) * c + c_lo, blocks.Width(i + 1),
+                   tile_width(c_lo)};
+        } else if (!tail) {
+          ahead = {out_row + c_hi, blocks.Width(0), tile_width(c_hi)};
+        } else if (!last_row) {
+          ahead = {out_row + ow * c, blocks.Width(0), tile_width(0)};
+        }
       }
       ConvBlockOf<KW, S>(blocks.Width(i), a, img, b, p, q, ahead, c_lo, c_hi, tail);
     }
@@ -734,7 +728,6 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
         const int64_t b = row / a.oh;
         row_fn(a, Image{a.src + b * image}, b, row % a.oh);
       }
-      if (a.stream) StreamFence();
       return;
     }
     std::vector<float> rows_in(ring * a.w * a.c);
@@ -750,7 +743,6 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
       }
       row_fn(a, Image{rows_in.data(), ring}, b, p);
     }
-    if (a.stream) StreamFence();
   });
   return ffi::Error::Success();
 }

@@ -66,7 +66,8 @@ inline void StoreTail(float* p, Vec v, int64_t n) {
 }
 
 // Runs fn(chunk) for chunk in [0, chunks) on the pool and the calling thread; returns when
-// every chunk has run. Tasks that start after all chunks are claimed return at once, so
+// every chunk has run, its stores (non-temporal ones included: a store fence ends each chunk)
+// visible to the caller. Tasks that start after all chunks are claimed return at once, so
 // nothing waits on a task the pool has not started.
 template <typename Fn>
 void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Fn& fn) {
@@ -82,6 +83,9 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t chunks, const Fn& fn) {
   auto work = [](State& s) {
     for (int64_t c; (c = s.next.fetch_add(1)) < s.chunks;) {
       (*s.fn)(c);
+#if defined(__x86_64__)
+      _mm_sfence();
+#endif
       s.done.fetch_add(1, std::memory_order_release);
     }
   };
