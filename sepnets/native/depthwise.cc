@@ -223,10 +223,12 @@ struct ClippedSource {
 // Where a register block's taps and outputs are: source row r's taps start at
 // taps + row_tap[r] * tap_row, tap j at + j * tap_step; output column k at out + k * out_step.
 // The forward window: tap_row = KW * c, tap_step = out_step = c. With `stream`, the outputs
-// (register-wide, aligned) are written with non-temporal stores.
+// (register-wide, aligned) are written with non-temporal stores. A pair of output rows
+// (ConvBlockPair) has its second row row_step after the first.
 struct BlockLayout {
   int64_t tap_row, tap_step, out_step;
   bool stream = false;
+  int64_t row_step = 0;
 };
 
 // Stores a register of outputs past the caches (out aligned to the register's width), where the
@@ -241,6 +243,26 @@ inline void StreamStore(float* out, Vec v) {
 #else
   Store(out, v);
 #endif
+}
+
+// A register block's P output columns, through the epilogue where there is a bias, to out
+// (column k at k * out_step).
+template <typename V, int64_t P>
+inline void StoreBlock(V* acc, float* out, const BlockLayout& layout, const float* bias,
+                       int64_t act) {
+  if (bias != nullptr) {
+#pragma GCC unroll 16
+    for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
+  }
+  if constexpr (sizeof(V) == kVecBytes) {
+    if (layout.stream) {
+#pragma GCC unroll 16
+      for (int64_t k = 0; k < P; ++k) StreamStore(out + k * layout.out_step, acc[k]);
+      return;
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t k = 0; k < P; ++k) Store<V>(out + k * layout.out_step, acc[k]);
 }
 
 // P output columns of one row, channels [0, V's width) of `taps` / `out` (already offset to
@@ -270,19 +292,46 @@ inline void ConvBlock(const Source& src, const float* taps, float* out, const in
       }
     }
   }
-  if (bias != nullptr) {
-#pragma GCC unroll 16
-    for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
+  StoreBlock<V, P>(acc, out, layout, bias, act);
+}
+
+// Two output rows of a register block, as two ConvBlocks, for a square window of KW x KW
+// taps at vertical stride 1: the rows of the first one's window and the one after it, r in
+// [0, KW] (source rows that are outside the input skipped: r in [r_lo, r_hi] only), row r
+// feeding the first output row with tap row r and the second with tap row r - 1. Each source
+// vector is loaded once for both rows (KW + 1 rows, not 2 KW), the KW * KW taps once per block;
+// the second row's outputs at out + row_step.
+template <typename V, int64_t KW, int64_t S, int64_t P, typename Source>
+inline void ConvBlockPair(const Source& src, const float* taps, float* out, int64_t r_lo,
+                          int64_t r_hi, const BlockLayout& layout, const float* bias,
+                          int64_t act) {
+  constexpr int64_t kSpan = (P - 1) * S + KW;
+  V first[P] = {}, second[P] = {};
+  V t[KW * KW];
+#pragma GCC unroll 32
+  for (int64_t i = 0; i < KW * KW; ++i) {
+    t[i] = Load<V>(taps + i / KW * layout.tap_row + i % KW * layout.tap_step);
   }
-  if constexpr (sizeof(V) == kVecBytes) {
-    if (layout.stream) {
-#pragma GCC unroll 16
-      for (int64_t k = 0; k < P; ++k) StreamStore(out + k * layout.out_step, acc[k]);
-      return;
+#pragma GCC unroll 8
+  for (int64_t r = 0; r <= KW; ++r) {
+    if (r < r_lo || r > r_hi) continue;
+    const auto row = src.Row(r);
+#pragma GCC unroll 64
+    for (int64_t m = 0; m < kSpan; ++m) {
+      if (!src.Has(m)) continue;
+      V v = Load<V>(src.At(row, m));
+      PinRegister(v);
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t k = (m - j) / S;
+        if (m < j || (m - j) % S != 0 || k >= P) continue;
+        if (r < KW) first[k] += v * t[r * KW + j];
+        if (r > 0) second[k] += v * t[(r - 1) * KW + j];
+      }
     }
   }
-#pragma GCC unroll 16
-  for (int64_t k = 0; k < P; ++k) Store<V>(out + k * layout.out_step, acc[k]);
+  StoreBlock<V, P>(first, out, layout, bias, act);
+  StoreBlock<V, P>(second, out + layout.row_step, layout, bias, act);
 }
 
 // sum_i src[src_off[i]] * taps[tap_off[i]], one channel block.
@@ -360,8 +409,10 @@ struct NextSource {
 // (whole register-wide blocks) and, with `tail`, the rest (a half-register block, or
 // tail_pixel(k, first channel) for each column k). Source columns [col0, col0 + span) of the
 // row's source rows; where they run past the input's edges, those columns read zeros. Before
-// each cache line's worth of channels, `next`'s lines of those channels are prefetched.
-template <int64_t KW, int64_t S, int64_t P, typename TailPixel>
+// each cache line's worth of channels, `next`'s lines of those channels are prefetched. With
+// R = 2, rows p and p + 1 (ConvBlockPair: a square window, vertical stride 1; the second row's
+// outputs at out + layout.row_step).
+template <int64_t KW, int64_t S, int64_t P, int64_t R = 1, typename TailPixel>
 void BlockColumns(const ConvArgs& a, const Image& img, int64_t p, int64_t col0,
                   const float* taps, float* out, const BlockLayout& layout, const float* bias,
                   int64_t c_lo, int64_t c_hi, bool tail, const TailPixel& tail_pixel,
@@ -369,12 +420,29 @@ void BlockColumns(const ConvArgs& a, const Image& img, int64_t p, int64_t col0,
   constexpr int64_t kSpan = (P - 1) * S + KW;
   const int64_t c = a.c, w = a.w;
   const int64_t full_c = c / kLanes * kLanes;
+  static_assert(R == 1 || (R == 2 && KW < kMaxRows));
   const int64_t nrows = a.rows.count[p];
   const int64_t* row_tap = a.rows.tap.data() + p * a.kh;
   const int64_t* row_src = a.rows.src.data() + p * a.kh;
   const float* src_n = img.base;
   int64_t row_at[kMaxRows];  // nrows <= kh <= kMaxRows for the geometries with blocks
-  for (int64_t r = 0; r < nrows; ++r) row_at[r] = img.Index(row_src[r]);
+  // A pair's source rows: its first row's window from s0 (which may start above the input)
+  // and the row after it, those inside the input (r in [r_lo, r_hi]).
+  const int64_t s0 = row_src[0] - row_tap[0];
+  const int64_t r_lo = R == 1 ? 0 : std::max<int64_t>(0, -s0);
+  const int64_t r_hi = R == 1 ? nrows - 1 : std::min<int64_t>(KW, a.h - 1 - s0);
+  for (int64_t r = r_lo; r <= r_hi; ++r) row_at[r] = img.Index(R == 1 ? row_src[r] : s0 + r);
+  // The register block of channels from c0, as wide as V (the type of `width`).
+  auto block = [&](auto width, const auto& source, int64_t c0) {
+    using V = decltype(width);
+    if constexpr (R == 1) {
+      ConvBlock<V, KW, S, P>(source, taps + c0, out + c0, row_tap, nrows, layout,
+                             bias ? bias + c0 : nullptr, a.act);
+    } else {
+      ConvBlockPair<V, KW, S, P>(source, taps + c0, out + c0, r_lo, r_hi, layout,
+                                 bias ? bias + c0 : nullptr, a.act);
+    }
+  };
   auto blocks = [&](const auto& source_at) {
     for (int64_t c0 = c_lo; c0 < c_hi; c0 += kLanes) {
       if (next.base != nullptr && (c0 - c_lo) % kLineFloats == 0) {
@@ -388,13 +456,11 @@ void BlockColumns(const ConvArgs& a, const Image& img, int64_t p, int64_t col0,
           }
         }
       }
-      ConvBlock<Vec, KW, S, P>(source_at(c0), taps + c0, out + c0, row_tap, nrows, layout,
-                               bias ? bias + c0 : nullptr, a.act);
+      block(Vec{}, source_at(c0), c0);
     }
     if (!tail || full_c == c) return;
     if (c - full_c == kHalfLanes) {
-      ConvBlock<Half, KW, S, P>(source_at(full_c), taps + full_c, out + full_c, row_tap, nrows,
-                                layout, bias ? bias + full_c : nullptr, a.act);
+      block(Half{}, source_at(full_c), full_c);
     } else {
       for (int64_t k = 0; k < P; ++k) tail_pixel(k, full_c);
     }
@@ -424,22 +490,24 @@ struct Ahead {
 // block's burst of prefetches into L1 waits on L1's few outstanding misses (on a Zen 4, single
 // thread, out of cache: 16-37% slower than into L2, most at stride 2, the same in cache); and
 // the output block `ahead`: the hardware prefetchers alone leave this loop waiting on memory.
-template <int64_t KW, int64_t S, int64_t P>
+// With R = 2, rows p and p + 1 (see BlockColumns), and the source of the two rows after them.
+template <int64_t KW, int64_t S, int64_t P, int64_t R = 1>
 void ConvColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p, int64_t q,
                  const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
   const int64_t c = a.c, w = a.w;
-  const int64_t nrows = a.rows.count[p];
-  const int64_t* row_src = a.rows.src.data() + p * a.kh;
+  const int64_t last = p + R - 1;  // the last output row
+  const int64_t nrows = a.rows.count[last];
+  const int64_t* row_src = a.rows.src.data() + last * a.kh;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
-  // The source rows the next output row reads and this one does not (the next image's first
-  // rows after the last row), the columns this block covers that the previous one did not.
+  // The source rows the next output rows read and these do not (the next image's first rows
+  // after the last row), the columns this block covers that the previous one did not.
   NextSource next;
-  int64_t next_b = b, next_p = p + 1;
+  int64_t next_b = b, next_p = p + R;
   if (next_p == a.oh) next_b = b + 1, next_p = 0;
   if (next_b < a.n && nrows > 0 && a.rows.count[next_p] > 0) {
     const int64_t* next_src = a.rows.src.data() + next_p * a.kh;
     next.base = a.src + next_b * a.h * w * c;
-    next.r_hi = next_src[a.rows.count[next_p] - 1];
+    next.r_hi = std::min(next_src[a.rows.count[next_p] - 1] + R - 1, a.h - 1);
     next.r_lo = next_p == 0 ? next_src[0] : std::max(next_src[0], row_src[nrows - 1] + 1);
     next.col_lo = std::clamp<int64_t>(q * S - a.col_low, 0, w);
     next.col_hi = q + P >= a.ow ? w : std::clamp<int64_t>((q + P) * S - a.col_low, 0, w);
@@ -467,12 +535,15 @@ void ConvColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p, int6
       __builtin_prefetch(ahead.out + m * c + k, 1, 3);
     }
   }
-  BlockColumns<KW, S, P>(a, img, p, q * S - a.col_low, a.taps, out_row + q * c,
-                         BlockLayout{KW * c, c, c, a.stream}, a.bias, c_lo, c_hi, tail,
-                         [&](int64_t k, int64_t c_from) {
-                           ConvPixel(a, img, out_row, p, q + k, c_from);
-                         },
-                         next);
+  BlockColumns<KW, S, P, R>(a, img, p, q * S - a.col_low, a.taps, out_row + q * c,
+                            BlockLayout{KW * c, c, c, a.stream, a.ow * c}, a.bias, c_lo, c_hi,
+                            tail,
+                            [&](int64_t k, int64_t c_from) {
+                              for (int64_t i = 0; i < R; ++i) {
+                                ConvPixel(a, img, out_row + i * a.ow * c, p + i, q + k, c_from);
+                              }
+                            },
+                            next);
 }
 
 // A row of ow >= kFewPixels output columns cut into `count` register blocks of kFewPixels to
@@ -488,15 +559,15 @@ struct RowBlocks {
 };
 
 // ConvColumns for a block `width` (kFewPixels to kPixels) columns wide.
-template <int64_t KW, int64_t S>
+template <int64_t KW, int64_t S, int64_t R>
 void ConvBlockOf(int64_t width, const ConvArgs& a, const Image& img, int64_t b, int64_t p,
                  int64_t q, const Ahead& ahead, int64_t c_lo, int64_t c_hi, bool tail) {
   switch (width) {
-    case 4: return ConvColumns<KW, S, 4>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
-    case 5: return ConvColumns<KW, S, 5>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
-    case 6: return ConvColumns<KW, S, 6>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
-    case 7: return ConvColumns<KW, S, 7>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
-    default: return ConvColumns<KW, S, 8>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 4: return ConvColumns<KW, S, 4, R>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 5: return ConvColumns<KW, S, 5, R>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 6: return ConvColumns<KW, S, 6, R>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    case 7: return ConvColumns<KW, S, 7, R>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
+    default: return ConvColumns<KW, S, 8, R>(a, img, b, p, q, ahead, c_lo, c_hi, tail);
   }
 }
 
@@ -524,12 +595,13 @@ bool PrefetchOutput() {
 // stride 2, where a block's span shares one column with the next, 56x56 and 28x28 inputs 5-9%
 // less). Where PrefetchOutput(), each block prefetches the output of the
 // next (the next tile's first block after the last; the next row's after the last tile's).
-// Rows narrower than kFewPixels go column by column.
-template <int64_t KW, int64_t S>
+// Rows narrower than kFewPixels go column by column. With R = 2, rows p and p + 1 of a square
+// window at vertical stride 1, each block both rows (ConvBlockPair).
+template <int64_t KW, int64_t S, int64_t R = 1>
 void ConvRow(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
   const int64_t ow = a.ow, c = a.c;
   if (ow < kFewPixels) {
-    ConvRowColumns(a, img, b, p);
+    for (int64_t i = 0; i < R; ++i) ConvRowColumns(a, img, b, p + i);
     return;
   }
   const RowBlocks blocks(ow);
@@ -541,7 +613,7 @@ void ConvRow(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
     return (tile_end(c_lo) == full_c ? c : tile_end(c_lo)) - c_lo;
   };
   float* out_row = a.out + (b * a.oh + p) * ow * c;
-  const bool last_row = b == a.n - 1 && p == a.oh - 1;
+  const bool last_row = b == a.n - 1 && p + R == a.oh;
   const bool prefetch = PrefetchOutput();
   for (int64_t c_lo = 0; c_lo < full_c || (c_lo == 0 && full_c == 0); c_lo += tile) {
     const int64_t c_hi = tile_end(c_lo);
@@ -556,10 +628,10 @@ void ConvRow(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
         } else if (!tail) {
           ahead = {out_row + c_hi, blocks.Width(0), tile_width(c_hi)};
         } else if (!last_row) {
-          ahead = {out_row + ow * c, blocks.Width(0), tile_width(0)};
+          ahead = {out_row + R * ow * c, blocks.Width(0), tile_width(0)};
         }
       }
-      ConvBlockOf<KW, S>(blocks.Width(i), a, img, b, p, q, ahead, c_lo, c_hi, tail);
+      ConvBlockOf<KW, S, R>(blocks.Width(i), a, img, b, p, q, ahead, c_lo, c_hi, tail);
     }
   }
 }
@@ -662,6 +734,19 @@ RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
   return ConvRowColumns;
 }
 
+// The kernel for two output rows at a time (ConvRow with R = 2), where rows go in pairs: a
+// forward, undilated 3x3 window at stride 1, on rows of one or two register blocks (the
+// small, deep layers, whose source rows' channels overflow L1: at batch 32 on a Zen 4,
+// mobilenet_v2's 384 and 576 channels at 14x14 and 960 at 7x7 took 5-10% less time in pairs,
+// in a loop over one layer 960 at 7x7 18% less; wider rows, whose source comes from memory,
+// were the same or slower; the three models' inference the same within noise). Else null.
+RowFn PickPair(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+               bool transposed, int64_t ow) {
+  const bool pairs = !transposed && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 &&
+                     dw == 1 && ow <= 2 * kPixels;
+  return pairs ? ConvRow<3, 1, 2> : nullptr;
+}
+
 // Source row `row` (w pixels of c channels) through the prologue into `dst`.
 void PrologueRow(const Prologue& pre, const float* row, float* dst, int64_t w, int64_t c) {
   const int64_t full_c = c / kLanes * kLanes;
@@ -739,6 +824,7 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
   a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);
   const RowFn row_fn = PickRow(kh, kw, sw, dw, transposed);
+  const RowFn pair_fn = PickPair(kh, kw, sh, sw, dh, dw, transposed, a.ow);
   // Contiguous runs of output rows, a few per thread: a thread's next row reuses the source
   // rows in its cache, and is the one its prefetches are for.
   const int64_t rows = a.n * a.oh;
@@ -752,28 +838,42 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // With a prologue, each run keeps the source rows of its current window, through the
   // prologue, in a ring of as many rows as a window spans (source row s of image b in slot
   // s % ring): each row is transformed once per run, and read from cache by the row kernel.
-  const int64_t ring = (kh - 1) * dh + 1;
+  // (one row more where rows go in pairs)
+  const int64_t ring = (kh - 1) * dh + 1 + (pair_fn != nullptr);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
+    // How many output rows from `row` the next call computes: two of one image in this run,
+    // where there is a kernel for pairs, else one.
+    auto count = [&](int64_t row) -> int64_t {
+      const int64_t p = row % a.oh;
+      return pair_fn != nullptr && row + 1 < last && p + 1 < a.oh && a.rows.count[p] > 0 &&
+                     a.rows.count[p + 1] > 0
+                 ? 2
+                 : 1;
+    };
     if (pre == nullptr) {
-      for (int64_t row = first; row < last; ++row) {
+      for (int64_t row = first, n; row < last; row += n) {
         const int64_t b = row / a.oh;
-        row_fn(a, Image{a.src + b * image}, b, row % a.oh);
+        n = count(row);
+        (n == 2 ? pair_fn : row_fn)(a, Image{a.src + b * image}, b, row % a.oh);
       }
       return;
     }
     std::vector<float> rows_in(ring * a.w * a.c);
     std::vector<int64_t> held(ring, -1);  // b * h + s of the row in each slot
-    for (int64_t row = first; row < last; ++row) {
+    for (int64_t row = first, n; row < last; row += n) {
       const int64_t b = row / a.oh, p = row % a.oh;
-      for (int64_t k = 0; k < a.rows.count[p]; ++k) {
-        const int64_t s = a.rows.src[p * kh + k], slot = s % ring;
-        if (held[slot] == b * a.h + s) continue;
-        held[slot] = b * a.h + s;
-        PrologueRow(*pre, a.src + held[slot] * a.w * a.c, rows_in.data() + slot * a.w * a.c, a.w,
-                    a.c);
+      n = count(row);
+      for (int64_t i = p; i < p + n; ++i) {
+        for (int64_t k = 0; k < a.rows.count[i]; ++k) {
+          const int64_t s = a.rows.src[i * kh + k], slot = s % ring;
+          if (held[slot] == b * a.h + s) continue;
+          held[slot] = b * a.h + s;
+          PrologueRow(*pre, a.src + held[slot] * a.w * a.c, rows_in.data() + slot * a.w * a.c,
+                      a.w, a.c);
+        }
       }
-      row_fn(a, Image{rows_in.data(), ring}, b, p);
+      (n == 2 ? pair_fn : row_fn)(a, Image{rows_in.data(), ring}, b, p);
     }
   });
   return ffi::Error::Success();

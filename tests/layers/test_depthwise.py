@@ -168,7 +168,9 @@ def test_shift_backward_does_not_materialize_the_windows():
 # whole blocks, + a half block (24 and 40: AVX-512, 12: AVX2), + 5, two 64-channel tiles + 3.
 # Widths 3 (column by column), 4 and 7 (one or two 4-column blocks reaching both edges); 5x5 at
 # stride 2 also has its input gradient in register blocks, one column parity at a time. Padding
-# as wide as the kernel leaves output rows and columns that read nothing but zeros.
+# as wide as the kernel leaves output rows and columns that read nothing but zeros. 3x3 at
+# stride 1 on rows up to 16 wide computes two output rows at a time (11 high: the last alone;
+# the padded ones: pairs that start above the input or end below it).
 @pytest.mark.parametrize('channels', [6, 12, 16, 24, 37, 88, 131])
 @pytest.mark.parametrize('width,kernel,stride,padding,dilation', [
     (21, 3, 1, 'same', 1), (21, 3, 2, 'same', 1), (22, 3, 2, 'symmetric', 1),
