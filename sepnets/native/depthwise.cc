@@ -737,9 +737,10 @@ RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
 // The kernel for two output rows at a time (ConvRow with R = 2), where rows go in pairs: a
 // forward, undilated 3x3 window at stride 1, on rows of one or two register blocks (the
 // small, deep layers, whose source rows' channels overflow L1: at batch 32 on a Zen 4,
-// mobilenet_v2's 384 and 576 channels at 14x14 and 960 at 7x7 took 5-10% less time in pairs,
-// in a loop over one layer 960 at 7x7 18% less; wider rows, whose source comes from memory,
-// were the same or slower; the three models' inference the same within noise). Else null.
+// alternated with single rows in two runs, mobilenet_v2's 384 and 576 channels at 14x14 took
+// 6-10% less time in pairs, 960 at 7x7 from 3% more to 8% less, and in a loop over that one
+// layer 18-28% less; wider rows, whose source comes from memory, the same or slower; the
+// three models' inference the same within noise). Else null.
 RowFn PickPair(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
                bool transposed, int64_t ow) {
   const bool pairs = !transposed && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 &&
