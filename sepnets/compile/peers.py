@@ -1,9 +1,13 @@
 """sepnets next to PyTorch (and Keras 3 on JAX) on identical architectures, timed in one run.
 
-Workloads, fp32 NHWC at one image size: inference at each batch size (eval mode; PyTorch
+Workloads, NHWC at one image size: inference at each batch size (eval mode; PyTorch
 channels_last under `torch.inference_mode`) and the train step (train-mode forward, backward
 and an SGD-momentum update, dropout and drop-path on as each library defines the model) at
-the train batch. The sepnets model gets the PyTorch model's weights through the strict weight
+the train batch. In fp32, or in bf16 mixed precision as each library spells it (parameters
+and optimizer state fp32, compute bf16): sepnets' `dtype=bfloat16`, `torch.autocast` and
+Keras' `mixed_bfloat16` policy; the loss is taken in fp32 in all three. PyTorch runs where
+JAX runs: on the CPU, or on CUDA when JAX's backend is the GPU (cuDNN's autotuner on, as
+XLA's is by default; each timed call waits for the device). The sepnets model gets the PyTorch model's weights through the strict weight
 import, so the two compute the same function: the eval logits' difference is reported next
 to the times. Keras' applications are the same architectures by name (its own definitions and
 weights), timed through `predict_on_batch` / `train_on_batch` with XLA compilation.
@@ -16,6 +20,7 @@ sepnets / peer (below 1.0: sepnets is faster). Needs the `torch` extra (torch, t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -38,6 +43,7 @@ MODELS = ('mobilenet_v2', 'mobilenet_v3_large', 'efficientnet_b0')
 KERAS_APPLICATIONS = {'mobilenet_v2': 'MobileNetV2', 'mobilenet_v3_large': 'MobileNetV3Large',
                       'efficientnet_b0': 'EfficientNetB0'}
 PEERS = ('torch', 'keras')
+DTYPES = ('float32', 'bfloat16')
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 
 
@@ -53,6 +59,7 @@ class PeersConfig:
   repeats: int = 5
   seed: int = 0
   pause_s: float = 0.02  # untimed, before each timed call (`side_by_side`)
+  dtype: str = 'float32'  # or 'bfloat16': mixed precision (fp32 parameters, bf16 compute)
 
   def __post_init__(self):
     for name in self.models:
@@ -62,6 +69,8 @@ class PeersConfig:
     for peer in self.peers:
       if peer not in PEERS:
         raise ValueError(f'unknown peer {peer!r}; expected some of {", ".join(PEERS)}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'unknown dtype {self.dtype!r}; expected one of {", ".join(DTYPES)}')
     if self.image_size < 32:
       raise ValueError(f'image_size must be at least 32, got {self.image_size}')
     if self.repeats < 1 or self.warmup < 0:
@@ -93,9 +102,11 @@ def _data(config: PeersConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------- sepnets
 
 def sepnets_model(name: str, torch_model: Any, config: PeersConfig) -> nnx.Module:
-  """The zoo's `name` with `torch_model`'s weights (eval mode)."""
+  """The zoo's `name` with `torch_model`'s weights (eval mode), computing in `config.dtype`
+  with fp32 parameters."""
   from sepnets.convert import load_torch_weights
-  model = create_model(name, rngs=nnx.Rngs(config.seed), strategy=config.strategy)
+  model = create_model(name, rngs=nnx.Rngs(config.seed), strategy=config.strategy,
+                       dtype=jnp.dtype(config.dtype))
   load_torch_weights(model, torch_model)
   return model
 
@@ -119,7 +130,7 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
       out['compile_s'][key] = time.perf_counter() - start
       out['calls'][key] = lambda predict=predict, x=x: jax.block_until_ready(predict(x))
       if batch == config.infer_batches[0]:
-        out['logits'] = np.asarray(predict(x))
+        out['logits'] = np.asarray(predict(x), np.float32)
       continue
     model.train()
     train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -143,6 +154,22 @@ def _sepnets(model: nnx.Module, config: PeersConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- PyTorch
 
+def torch_device() -> str:
+  """Where PyTorch runs: where JAX runs ('cpu', or 'cuda' when JAX's backend is the GPU)."""
+  import torch
+  backend = jax.default_backend()
+  if backend == 'cpu':
+    return 'cpu'
+  if backend == 'gpu':
+    if not torch.cuda.is_available():
+      raise RuntimeError(f'JAX runs on the GPU but this PyTorch ({torch.__version__}) sees no '
+                         'CUDA device: install a CUDA build of torch, or run with '
+                         'JAX_PLATFORMS=cpu')
+    return 'cuda'
+  raise RuntimeError(f'the peers benchmark runs on the CPU or an NVIDIA GPU; JAX runs on '
+                     f'{backend!r} here (set JAX_PLATFORMS=cpu or cuda)')
+
+
 def torch_model(name: str, seed: int) -> Any:
   """torchvision's model with random weights (BatchNorm statistics and classifier drawn so the
   logits are O(1): a mismatch cannot hide), eval mode, channels_last."""
@@ -153,31 +180,45 @@ def torch_model(name: str, seed: int) -> Any:
 
 
 def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
-  """PyTorch's call for each workload: {'calls': {key: fn}, 'modes': {key: fn setting the
-  model's train/eval mode}, 'logits'}."""
+  """PyTorch's call for each workload on `torch_device()`: {'calls': {key: fn}, 'modes': {key:
+  fn setting the model's train/eval mode}, 'logits'}. Each call returns once the device is
+  done (the train step's `loss.item()` waits for it; inference synchronizes on CUDA)."""
   import torch
-  out: dict[str, Any] = {'calls': {}, 'modes': {}, 'threads': torch.get_num_threads()}
+  device = torch_device()
+  if device == 'cuda':
+    torch.backends.cudnn.benchmark = True
+  model.to(device)
+  done = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  bf16 = config.dtype == 'bfloat16'
+  autocast = ((lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16  # noqa: E731
+              else contextlib.nullcontext)
+  out: dict[str, Any] = {'calls': {}, 'modes': {}, 'threads': torch.get_num_threads(),
+                         'device': device}
   for kind, batch in workloads(config):
     key = f'{kind}{batch}'
     images, labels = _data(config, batch)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last).to(device)
     if kind == 'infer':
       def call(x=x):
-        with torch.inference_mode():
-          return model(x)
+        with torch.inference_mode(), autocast():
+          logits = model(x)
+        done()
+        return logits
 
       out['calls'][key], out['modes'][key] = call, model.eval
       if batch == config.infer_batches[0]:
         model.eval()
-        out['logits'] = call().numpy()
+        out['logits'] = call().float().cpu().numpy()
       continue
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    y = torch.from_numpy(labels).long()
+    y = torch.from_numpy(labels).long().to(device)
 
     def step(x=x, y=y, optimizer=optimizer):
       optimizer.zero_grad(set_to_none=True)
-      loss = torch.nn.functional.cross_entropy(model(x), y)
+      with autocast():
+        logits = model(x)
+      loss = torch.nn.functional.cross_entropy(logits.float(), y)
       loss.backward()
       optimizer.step()
       return loss.item()
@@ -196,8 +237,13 @@ def _keras(name: str, config: PeersConfig) -> dict[str, Any]:
                        'before anything imports keras')
   keras.utils.set_random_seed(config.seed)
   size = config.image_size
-  model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
-      weights=None, input_shape=(size, size, 3), classes=1000)
+  policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy('mixed_bfloat16' if config.dtype == 'bfloat16' else 'float32')
+  try:
+    model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
+        weights=None, input_shape=(size, size, 3), classes=1000)
+  finally:
+    keras.config.set_dtype_policy(policy)
   model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
                 loss='sparse_categorical_crossentropy', jit_compile=True)
   out: dict[str, Any] = {'times': {}, 'version': keras.__version__}
@@ -263,9 +309,26 @@ def run_peers(config: PeersConfig,
   meta = run_metadata()
   meta['versions']['torch'] = torch.__version__
   meta['torch_threads'] = torch.get_num_threads()
+  meta['torch_device'] = torch_device()
+  if meta['torch_device'] == 'cuda':
+    meta['torch_device_name'] = torch.cuda.get_device_name()
   meta['sepnets_compiler_options'] = sepnets_compiler_options()
-  return {'config': dataclasses.asdict(config), 'dtype': 'float32', 'metadata': meta,
+  return {'config': dataclasses.asdict(config), 'dtype': config.dtype, 'metadata': meta,
           'rows': rows}
+
+
+def _where(meta: dict[str, Any]) -> str:
+  if meta.get('torch_device') == 'cuda':
+    return (f"{meta.get('torch_device_name') or 'GPU'} (JAX backend {meta['backend']}, "
+            f"PyTorch on CUDA, cuDNN autotuner on)")
+  return f"{meta['backend']} ({meta['cpu_count']} cores, torch threads {meta.get('torch_threads')})"
+
+
+def _precision(dtype: str) -> str:
+  if dtype == 'bfloat16':
+    return ('bf16 mixed precision (fp32 parameters, bf16 compute: sepnets `dtype=bfloat16`, '
+            '`torch.autocast`, Keras `mixed_bfloat16`)')
+  return 'fp32'
 
 
 def _options_text(options: dict[str, Any] | None) -> str:
@@ -276,10 +339,10 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
   """The result as a Markdown table (times in ms) with the ratios."""
   cfg, meta = result['config'], result['metadata']
   keras = any('keras_s' in r for r in result['rows'])
+  dtype = result.get('dtype', 'float32')
   lines = [f"# sepnets vs PyTorch{' and Keras (JAX)' if keras else ''}: {cfg['image_size']}x"
-           f"{cfg['image_size']}, fp32", '',
-           f"{meta['backend']} ({meta['cpu_count']} cores, torch threads "
-           f"{meta.get('torch_threads')}); jax {meta['versions'].get('jax')}, torch "
+           f"{cfg['image_size']}, {'bf16' if dtype == 'bfloat16' else 'fp32'}", '',
+           f"{_where(meta)}; {_precision(dtype)}; jax {meta['versions'].get('jax')}, torch "
            f"{meta['versions'].get('torch')}; malloc: {meta.get('malloc', 'default glibc')} "
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
            f"`{cfg['strategy']}`, compiler options "
@@ -289,7 +352,8 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"*after a pause*, an untimed {cfg.get('pause_s', 0.02) * 1e3:g} ms before each "
            "call (it starts from idle cores, as a request that comes now and then), and "
            "*back to back*, an untimed call of the same function right before each (steady "
-           "state, as a loop over batches); Keras after them, back to back. "
+           "state, as a loop over batches)"
+           f"{'; Keras after them, back to back' if keras else ''}. "
            'Ratio = sepnets / peer (below 1: sepnets faster).', '']
   if command:
     lines += [f'Command: `{command}`', '']

@@ -43,6 +43,37 @@ def test_peers_measures_identical_models_side_by_side():
           'compiler options XLA defaults') in text
 
 
+@pytest.mark.slow
+def test_peers_in_bfloat16_mixed_precision():
+  """bf16 compute with fp32 parameters in both libraries: the logits agree to bf16's
+  precision (not fp32's), and the table says which precision it timed."""
+  config = PeersConfig(models=('mobilenet_v3_large',), image_size=32, infer_batches=(2,),
+                       train_batch=2, peers=('torch',), warmup=0, repeats=1, pause_s=0,
+                       dtype='bfloat16')
+  result = run_peers(config)
+  assert result['dtype'] == 'bfloat16' and result['metadata']['torch_device'] == 'cpu'
+  diff = result['rows'][0]['max_logit_diff']
+  assert 1e-5 < diff < 0.25  # bf16 rounding shows, a wrong weight or dtype would not stay small
+  assert all(r['sepnets_s'] > 0 and r['torch_s'] > 0 for r in result['rows'])
+  text = format_markdown(result)
+  assert text.startswith('# sepnets vs PyTorch: 32x32, bf16')
+  assert 'bf16 mixed precision (fp32 parameters, bf16 compute' in text
+  assert 'Keras after them' not in text and 'Keras ms' not in text  # no Keras in this run
+
+
+def test_pytorch_runs_where_jax_runs(monkeypatch):
+  import torch
+  from sepnets.compile import peers
+  assert peers.torch_device() == 'cpu'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  if not torch.cuda.is_available():
+    with pytest.raises(RuntimeError, match='JAX runs on the GPU but this PyTorch'):
+      peers.torch_device()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  with pytest.raises(RuntimeError, match="runs on the CPU or an NVIDIA GPU; JAX runs on 'tpu'"):
+    peers.torch_device()
+
+
 def test_cpu_compiler_options_compile_the_same_function():
   # 512-bit vectors where the CPU has AVX-512 (XLA's own loops); the values stay the same
   has_avx512 = ' avx512f' in open('/proc/cpuinfo').read()
@@ -61,6 +92,7 @@ def test_cpu_compiler_options_compile_the_same_function():
     (dict(infer_batches=()), 'at least one inference batch'),
     (dict(pause_s=-0.1), 'pause_s must be >= 0'),
     (dict(pause_s=float('nan')), 'pause_s must be >= 0'),
+    (dict(dtype='float16'), "unknown dtype 'float16'"),
 ])
 def test_bad_peers_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -84,3 +116,16 @@ def test_side_by_side_back_to_back_leads_each_timed_call_with_its_own():
   timed = side_by_side(calls, warmup=0, repeats=2, pause_s=0, lead_in=1)
   assert log == ['a', 'a', 'b', 'b', 'b', 'b', 'a', 'a']  # an untimed call before each timed
   assert all(t.repeats == 2 for t in timed.values())
+
+
+def test_peers_command_names_a_bad_dtype():
+  import subprocess
+  import sys
+  from pathlib import Path
+  script = Path(__file__).resolve().parents[2] / 'benchmarks' / 'peers.py'
+  done = subprocess.run([sys.executable, str(script), '--dtype', 'float16', '--layers', 'none'],
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, 'SEPNETS_MALLOC': 'default'})
+  assert done.returncode == 2
+  assert "unknown dtype 'float16'; expected one of float32, bfloat16" in done.stderr
+  assert 'Traceback' not in done.stderr
