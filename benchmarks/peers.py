@@ -55,6 +55,9 @@ def main() -> int:
                       help='float32, or bfloat16: mixed precision (fp32 parameters, bf16 compute)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--min-time', type=float, default=1.0,
+                      help='time more than --repeats calls where they are short: as many as '
+                      'take this many seconds (at most 200)')
   parser.add_argument('--pause', type=float, default=0.02,
                       help='seconds of untimed pause before each timed call, so the other '
                       "library's worker threads have stopped spinning")
@@ -70,7 +73,8 @@ def main() -> int:
     config = PeersConfig(models=args.models, image_size=args.image_size,
                          infer_batches=args.infer_batches, train_batch=args.train_batch,
                          peers=args.peers, strategy=args.strategy, warmup=args.warmup,
-                         repeats=args.repeats, pause_s=args.pause, dtype=args.dtype)
+                         repeats=args.repeats, pause_s=args.pause, dtype=args.dtype,
+                         min_time_s=args.min_time)
   except ValueError as e:
     parser.error(str(e))
   import jax

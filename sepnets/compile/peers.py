@@ -12,7 +12,9 @@ import, so the two compute the same function: the eval logits' difference is rep
 to the times. Keras' applications are the same architectures by name (its own definitions and
 weights), timed through `predict_on_batch` / `train_on_batch` with XLA compilation.
 
-Each time is the median of `repeats` calls after `warmup` calls. sepnets' and PyTorch's calls
+Each time is the median of `repeats` calls after `warmup` calls, or of more where a call is
+short: as many as take `min_time_s` (at most MAX_REPEATS), since five samples of a 10 ms call
+are mostly noise on a shared machine. sepnets' and PyTorch's calls
 are interleaved, one of each per round in alternating order, so a slow spell of a shared
 machine falls on both sides of a ratio; Keras, far slower, is timed after them. A ratio is
 sepnets / peer (below 1.0: sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +47,7 @@ KERAS_APPLICATIONS = {'mobilenet_v2': 'MobileNetV2', 'mobilenet_v3_large': 'Mobi
                       'efficientnet_b0': 'EfficientNetB0'}
 PEERS = ('torch', 'keras')
 DTYPES = ('float32', 'bfloat16')
+MAX_REPEATS = 200
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 
 
@@ -60,6 +64,7 @@ class PeersConfig:
   seed: int = 0
   pause_s: float = 0.02  # untimed, before each timed call (`side_by_side`)
   dtype: str = 'float32'  # or 'bfloat16': mixed precision (fp32 parameters, bf16 compute)
+  min_time_s: float = 1.0  # time at least this many seconds of calls (up to MAX_REPEATS)
 
   def __post_init__(self):
     for name in self.models:
@@ -77,6 +82,8 @@ class PeersConfig:
       raise ValueError('repeats must be >= 1 and warmup >= 0')
     if not self.pause_s >= 0:
       raise ValueError(f'pause_s must be >= 0 seconds, got {self.pause_s}')
+    if not self.min_time_s >= 0:
+      raise ValueError(f'min_time_s must be >= 0 seconds, got {self.min_time_s}')
     if not self.infer_batches:
       raise ValueError('give at least one inference batch size (the logits are compared there)')
     if any(b < 1 for b in self.infer_batches) or self.train_batch < 0:
@@ -85,6 +92,13 @@ class PeersConfig:
 
 def _median(fn: Callable[[], Any], *, warmup: int, repeats: int) -> float:
   return time_call(fn, warmup=warmup, repeats=repeats).median_s
+
+
+def repeats_for(seconds_per_call: float, config: PeersConfig) -> int:
+  """How many calls of each library to time: `config.repeats`, or as many as take
+  `config.min_time_s` at `seconds_per_call` (the slower library's), at most MAX_REPEATS."""
+  wanted = math.ceil(config.min_time_s / max(seconds_per_call, 1e-9))
+  return max(config.repeats, min(MAX_REPEATS, wanted))
 
 
 def workloads(config: PeersConfig) -> list[tuple[str, int]]:
@@ -274,14 +288,19 @@ def run_peers(config: PeersConfig,
     mine = _sepnets(model, config)
     theirs = _torch(reference, config)
     times: dict[str, dict[str, float]] = {'sepnets': {}, 'torch': {}}
+    repeats: dict[str, int] = {}
     for kind, batch in workloads(config):
       key = f'{kind}{batch}'
       say(f'{name}: {kind} batch {batch}, sepnets and PyTorch interleaved')
       theirs['modes'][key]()
       pair = {'sepnets': mine['calls'][key], 'torch': theirs['calls'][key]}
-      timed = side_by_side(pair, warmup=config.warmup, repeats=config.repeats,
-                           pause_s=config.pause_s)
-      steady = side_by_side(pair, warmup=0, repeats=config.repeats, pause_s=0, lead_in=1)
+      for fn in pair.values():  # warm-up, then one call each to size the repeats
+        for _ in range(config.warmup):
+          fn()
+      longest = max(time_call(fn, warmup=0, repeats=1).median_s for fn in pair.values())
+      repeats[key] = repeats_for(longest, config)
+      timed = side_by_side(pair, warmup=0, repeats=repeats[key], pause_s=config.pause_s)
+      steady = side_by_side(pair, warmup=0, repeats=repeats[key], pause_s=0, lead_in=1)
       for lib in pair:
         times[lib][key] = timed[lib].median_s
         times[lib][key + '_steady'] = steady[lib].median_s
@@ -295,7 +314,8 @@ def run_peers(config: PeersConfig,
       key = f'{kind}{batch}'
       row = {'model': name, 'workload': kind, 'batch': batch,
              'sepnets_s': times['sepnets'][key], 'torch_s': times['torch'][key],
-             'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff}
+             'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff,
+             'repeats': repeats[key]}
       row['ratio_torch'] = row['sepnets_s'] / row['torch_s']
       row['sepnets_steady_s'] = times['sepnets'][key + '_steady']
       row['torch_steady_s'] = times['torch'][key + '_steady']
@@ -331,6 +351,13 @@ def _precision(dtype: str) -> str:
   return 'fp32'
 
 
+def _repeats_text(cfg: dict[str, Any]) -> str:
+  if cfg.get('min_time_s', 0) > 0:
+    return (f"{cfg['repeats']} or more calls (as many as take {cfg['min_time_s']:g} s, at most "
+            f"{MAX_REPEATS}: the last column)")
+  return str(cfg['repeats'])
+
+
 def _options_text(options: dict[str, Any] | None) -> str:
   return ', '.join(f'`{k}={v}`' for k, v in options.items()) if options else 'XLA defaults'
 
@@ -347,7 +374,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
            f"`{cfg['strategy']}`, compiler options "
            f"{_options_text(meta.get('sepnets_compiler_options'))}; "
-           f"medians of {cfg['repeats']} after {cfg['warmup']} warm-up calls, sepnets' and "
+           f"medians of {_repeats_text(cfg)} after {cfg['warmup']} warm-up calls, sepnets' and "
            "PyTorch's calls interleaved (alternating which goes first), each timed twice: "
            f"*after a pause*, an untimed {cfg.get('pause_s', 0.02) * 1e3:g} ms before each "
            "call (it starts from idle cores, as a request that comes now and then), and "
@@ -358,6 +385,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
   if command:
     lines += [f'Command: `{command}`', '']
   steady = all('ratio_torch_steady' in r for r in result['rows'])
+  timed_calls = cfg.get('min_time_s', 0) > 0
   header = ['model', 'workload', 'sepnets ms', 'PyTorch ms', 'sepnets / PyTorch']
   if steady:
     header = header[:2] + [f'{h}, after a pause' for h in header[2:]] + [
@@ -365,7 +393,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
         'sepnets / PyTorch, back to back']
   if keras:
     header += ['Keras ms', 'sepnets / Keras', 'Keras / PyTorch']
-  header += ['sepnets compile s']
+  header += ['sepnets compile s'] + (['calls timed'] if timed_calls else [])
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for r in result['rows']:
     cells = [r['model'], f"{'inference' if r['workload'] == 'infer' else 'train step'}, "
@@ -378,6 +406,8 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
       cells += [f"{r['keras_s'] * 1e3:.1f}", f"{r['ratio_keras']:.2f}",
                 f"{r['keras_over_torch']:.2f}"] if 'keras_s' in r else ['-'] * 3
     cells.append(f"{r['compile_s']:.1f}")
+    if timed_calls:
+      cells.append(str(r.get('repeats', cfg['repeats'])))
     lines.append('| ' + ' | '.join(cells) + ' |')
   def above(key: str) -> str:
     slower = [f"{r['model']} {r['workload']} b{r['batch']} ({r[key]:.2f})"

@@ -11,16 +11,20 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sepnets.compile.peers import PeersConfig, format_markdown, run_peers  # noqa: E402
+from sepnets.compile.peers import (MAX_REPEATS, PeersConfig, format_markdown,  # noqa: E402
+                                   repeats_for, run_peers)
 from sepnets.compile.timing import side_by_side  # noqa: E402
 from sepnets.runtime import cpu_compiler_options  # noqa: E402
 
 
 def test_peers_measures_identical_models_side_by_side():
   config = PeersConfig(models=('mobilenet_v2',), image_size=32, infer_batches=(2,),
-                       train_batch=2, warmup=1, repeats=1, pause_s=0.005)
+                       train_batch=2, warmup=1, repeats=1, pause_s=0.005, min_time_s=0.2)
   result = run_peers(config)
   rows = result['rows']
+  # more calls than --repeats where a call is short (0.2 s of calls; the tiny inference
+  # takes a few ms), never more than MAX_REPEATS
+  assert 1 < rows[0]['repeats'] <= MAX_REPEATS and 1 <= rows[1]['repeats'] <= MAX_REPEATS
   assert [(r['workload'], r['batch']) for r in rows] == [('infer', 2), ('train', 2)]
   for r in rows:
     assert r['sepnets_s'] > 0 and r['torch_s'] > 0 and r['keras_s'] > 0
@@ -34,6 +38,8 @@ def test_peers_measures_identical_models_side_by_side():
   assert '| mobilenet_v2 | inference, batch 2 |' in text and 'sepnets / PyTorch' in text
   assert 'Keras' in text and result['metadata']['versions']['torch']
   assert 'an untimed 5 ms before each' in text
+  assert 'or more calls (as many as take 0.2 s, at most 200: the last column)' in text
+  assert text.count(' | calls timed |') == 1
   assert 'sepnets / PyTorch, after a pause | ' in text
   assert 'sepnets / PyTorch, back to back |' in text
   assert 'Back to back: ' in text
@@ -49,7 +55,7 @@ def test_peers_in_bfloat16_mixed_precision():
   precision (not fp32's), and the table says which precision it timed."""
   config = PeersConfig(models=('mobilenet_v3_large',), image_size=32, infer_batches=(2,),
                        train_batch=2, peers=('torch',), warmup=0, repeats=1, pause_s=0,
-                       dtype='bfloat16')
+                       dtype='bfloat16', min_time_s=0)
   result = run_peers(config)
   assert result['dtype'] == 'bfloat16' and result['metadata']['torch_device'] == 'cpu'
   diff = result['rows'][0]['max_logit_diff']
@@ -74,6 +80,15 @@ def test_pytorch_runs_where_jax_runs(monkeypatch):
     peers.torch_device()
 
 
+def test_short_calls_are_timed_more_often():
+  config = PeersConfig(repeats=5, min_time_s=1.0)
+  assert repeats_for(0.5, config) == 5  # long calls: --repeats
+  assert repeats_for(0.1, config) == 10  # 1 s of calls
+  assert repeats_for(0.012, config) == 84
+  assert repeats_for(1e-5, config) == MAX_REPEATS == 200
+  assert repeats_for(0.001, PeersConfig(repeats=5, min_time_s=0)) == 5  # min_time_s 0: off
+
+
 def test_cpu_compiler_options_compile_the_same_function():
   # 512-bit vectors where the CPU has AVX-512 (XLA's own loops); the values stay the same
   has_avx512 = ' avx512f' in open('/proc/cpuinfo').read()
@@ -93,6 +108,7 @@ def test_cpu_compiler_options_compile_the_same_function():
     (dict(pause_s=-0.1), 'pause_s must be >= 0'),
     (dict(pause_s=float('nan')), 'pause_s must be >= 0'),
     (dict(dtype='float16'), "unknown dtype 'float16'"),
+    (dict(min_time_s=-1.0), 'min_time_s must be >= 0'),
 ])
 def test_bad_peers_config_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
