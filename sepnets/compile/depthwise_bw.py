@@ -70,6 +70,14 @@ def strategies_for(platform: str, strategies: Sequence[str]) -> tuple[str, ...]:
   return tuple(s for s in strategies if platform == 'cpu' or s not in CPU_ONLY)
 
 
+def check_strategies(platform: str, strategies: Sequence[str]) -> None:
+  """Raises ValueError naming any of `strategies` that cannot run on `platform`."""
+  refused = sorted(set(strategies) - set(strategies_for(platform, strategies)))
+  if refused:
+    raise ValueError(f'depthwise strategy {", ".join(map(repr, refused))} runs on the CPU '
+                     f'only; this backend is {platform!r}')
+
+
 def _functions(shape: DepthwiseShape, strategy: str, batch: int, dtype: Any = jnp.float32
                ) -> tuple[Callable, Callable, tuple, tuple]:
   conv = DepthwiseConv(shape.channels, shape.kernel, stride=shape.stride,
@@ -108,10 +116,7 @@ def measure(shapes: Sequence[DepthwiseShape], strategies: Sequence[str], *, batc
   size). Inputs, kernel and gradients are `dtype` (the bytes counted accordingly); a strategy
   that cannot run on this backend (`native` off the CPU) is refused by name."""
   platform = jax.default_backend()
-  refused = sorted(set(strategies) - set(strategies_for(platform, strategies)))
-  if refused:
-    raise ValueError(f'depthwise strategy {", ".join(map(repr, refused))} runs on the CPU '
-                     f'only; this backend is {platform!r}')
+  check_strategies(platform, strategies)
   dt = jnp.dtype(dtype)
   given: dict[int, float] = {}  # copy_bandwidth's answer per size
   copies: dict[int, tuple[Callable[[], Any], int]] = {}  # compiled copy and its bytes, per size

@@ -7,17 +7,18 @@ the train batch. In fp32, or in bf16 mixed precision as each library spells it (
 and optimizer state fp32, compute bf16): sepnets' `dtype=bfloat16`, `torch.autocast` and
 Keras' `mixed_bfloat16` policy; the loss is taken in fp32 in all three. PyTorch runs where
 JAX runs: on the CPU, or on CUDA when JAX's backend is the GPU (cuDNN's autotuner on, as
-XLA's is by default; each timed call waits for the device). The sepnets model gets the PyTorch model's weights through the strict weight
-import, so the two compute the same function: the eval logits' difference is reported next
-to the times. Keras' applications are the same architectures by name (its own definitions and
-weights), timed through `predict_on_batch` / `train_on_batch` with XLA compilation.
+XLA's is by default; each timed call waits for the device). The sepnets model gets the
+PyTorch model's weights through the strict weight import, so the two compute the same
+function: the eval logits' difference is reported next to the times. Keras' applications are
+the same architectures by name (its own definitions and weights), timed through
+`predict_on_batch` / `train_on_batch` with XLA compilation.
 
 Each time is the median of `repeats` calls after `warmup` calls, or of more where a call is
 short: as many as take `min_time_s` (at most MAX_REPEATS), since five samples of a 10 ms call
-are mostly noise on a shared machine. sepnets' and PyTorch's calls
-are interleaved, one of each per round in alternating order, so a slow spell of a shared
-machine falls on both sides of a ratio; Keras, far slower, is timed after them. A ratio is
-sepnets / peer (below 1.0: sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
+are mostly noise on a shared machine. sepnets' and PyTorch's calls are interleaved, one of
+each per round in alternating order, so a slow spell of a shared machine falls on both sides
+of a ratio; Keras, far slower, is timed after them. A ratio is sepnets / peer (below 1.0:
+sepnets is faster). Needs the `torch` extra (torch, torchvision, keras).
 """
 
 from __future__ import annotations
@@ -341,13 +342,14 @@ def _where(meta: dict[str, Any]) -> str:
   if meta.get('torch_device') == 'cuda':
     return (f"{meta.get('torch_device_name') or 'GPU'} (JAX backend {meta['backend']}, "
             f"PyTorch on CUDA, cuDNN autotuner on)")
-  return f"{meta['backend']} ({meta['cpu_count']} cores, torch threads {meta.get('torch_threads')})"
+  return (f"{meta['backend']} ({meta['cpu_count']} cores, torch threads "
+          f"{meta.get('torch_threads')})")
 
 
-def _precision(dtype: str) -> str:
+def _precision(dtype: str, keras: bool) -> str:
   if dtype == 'bfloat16':
     return ('bf16 mixed precision (fp32 parameters, bf16 compute: sepnets `dtype=bfloat16`, '
-            '`torch.autocast`, Keras `mixed_bfloat16`)')
+            f"`torch.autocast`{', Keras `mixed_bfloat16`' if keras else ''})")
   return 'fp32'
 
 
@@ -369,7 +371,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
   dtype = result.get('dtype', 'float32')
   lines = [f"# sepnets vs PyTorch{' and Keras (JAX)' if keras else ''}: {cfg['image_size']}x"
            f"{cfg['image_size']}, {'bf16' if dtype == 'bfloat16' else 'fp32'}", '',
-           f"{_where(meta)}; {_precision(dtype)}; jax {meta['versions'].get('jax')}, torch "
+           f"{_where(meta)}; {_precision(dtype, keras)}; jax {meta['versions'].get('jax')}, torch "
            f"{meta['versions'].get('torch')}; malloc: {meta.get('malloc', 'default glibc')} "
            f"(`sepnets.runtime`, the same for all); sepnets depthwise strategy "
            f"`{cfg['strategy']}`, compiler options "
