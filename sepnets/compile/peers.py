@@ -290,6 +290,7 @@ def run_peers(config: PeersConfig,
     theirs = _torch(reference, config)
     times: dict[str, dict[str, float]] = {'sepnets': {}, 'torch': {}}
     repeats: dict[str, int] = {}
+    sizing: dict[str, float] = {}  # the slower library's one call that sized the repeats
     for kind, batch in workloads(config):
       key = f'{kind}{batch}'
       say(f'{name}: {kind} batch {batch}, sepnets and PyTorch interleaved')
@@ -298,8 +299,8 @@ def run_peers(config: PeersConfig,
       for fn in pair.values():  # warm-up, then one call each to size the repeats
         for _ in range(config.warmup):
           fn()
-      longest = max(time_call(fn, warmup=0, repeats=1).median_s for fn in pair.values())
-      repeats[key] = repeats_for(longest, config)
+      sizing[key] = max(time_call(fn, warmup=0, repeats=1).median_s for fn in pair.values())
+      repeats[key] = repeats_for(sizing[key], config)
       timed = side_by_side(pair, warmup=0, repeats=repeats[key], pause_s=config.pause_s)
       steady = side_by_side(pair, warmup=0, repeats=repeats[key], pause_s=0, lead_in=1)
       for lib in pair:
@@ -316,7 +317,7 @@ def run_peers(config: PeersConfig,
       row = {'model': name, 'workload': kind, 'batch': batch,
              'sepnets_s': times['sepnets'][key], 'torch_s': times['torch'][key],
              'compile_s': mine['compile_s'][key], 'max_logit_diff': logits_diff,
-             'repeats': repeats[key]}
+             'repeats': repeats[key], 'sizing_call_s': sizing[key]}
       row['ratio_torch'] = row['sepnets_s'] / row['torch_s']
       row['sepnets_steady_s'] = times['sepnets'][key + '_steady']
       row['torch_steady_s'] = times['torch'][key + '_steady']
