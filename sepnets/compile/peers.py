@@ -207,8 +207,7 @@ def _torch(model: Any, config: PeersConfig) -> dict[str, Any]:
   bf16 = config.dtype == 'bfloat16'
   autocast = ((lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16  # noqa: E731
               else contextlib.nullcontext)
-  out: dict[str, Any] = {'calls': {}, 'modes': {}, 'threads': torch.get_num_threads(),
-                         'device': device}
+  out: dict[str, Any] = {'calls': {}, 'modes': {}, 'threads': torch.get_num_threads()}
   for kind, batch in workloads(config):
     key = f'{kind}{batch}'
     images, labels = _data(config, batch)
