@@ -33,6 +33,8 @@ constexpr int64_t kPixels = 8;  // most output columns per register block
 constexpr int64_t kFewPixels = 4;  // fewest (narrower rows go column by column)
 constexpr int64_t kTile = 64;  // channels per pass over a row in the forward loop
 constexpr int64_t kMaxRows = 5;  // kernel rows of the register-blocked forward (3x3, 5x5)
+constexpr int64_t kTapChunks = 32;  // row chunks (partial sums) of the tap gradient
+constexpr int64_t kTapBandBytes = 512 << 10;  // see TapGradRows
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
 // window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
@@ -925,28 +927,6 @@ ffi::Error DwActConvBiasAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src,
                  sw, dh, dw, ph, pw, false, &pre);
 }
 
-// Adds output row p's columns [lo, hi) (all taps in range, rows too) to the tap gradient,
-// channels [0, V's width) of `x_n` / `g_row` / `acc` (already offset to the block): the
-// KH*KW accumulators stay in registers across the row.
-template <typename V, int64_t KH, int64_t KW, int64_t S>
-void TapGradBlock(const float* x_n, const float* g_row, float* acc, const int64_t* row_src,
-                  int64_t lo, int64_t hi, int64_t col_lo, int64_t w, int64_t c) {
-  V sum[KH * KW] = {};
-  const float* x_rows[KH];
-  for (int64_t i = 0; i < KH; ++i) x_rows[i] = x_n + (row_src[i] * w + col_lo) * c;
-  for (int64_t q = lo; q < hi; ++q) {
-    const V gv = Load<V>(g_row + q * c);
-    const int64_t m = (q - lo) * S * c;
-#pragma GCC unroll 8
-    for (int64_t i = 0; i < KH; ++i) {
-#pragma GCC unroll 8
-      for (int64_t j = 0; j < KW; ++j) sum[i * KW + j] += Load<V>(x_rows[i] + m + j * c) * gv;
-    }
-  }
-#pragma GCC unroll 32
-  for (int64_t t = 0; t < KH * KW; ++t) Store<V>(acc + t * c, Load<V>(acc + t * c) + sum[t]);
-}
-
 // Adds output row p's columns except [skip_lo, skip_hi), with only their valid taps.
 void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
                     int64_t kh, int64_t kw, const Taps& rows, const Taps& cols, int64_t p,
@@ -975,60 +955,173 @@ void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w,
   }
 }
 
-// Adds output row p's contribution to the (KH*KW, C) tap gradient `acc`, column by column
-// (any geometry).
-void TapGradRowColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
-                       int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
-                       int64_t p) {
-  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0);
-}
+// Where TapGradRows reads: x (n, h, w, c) and g (n, oh, ow, c); the row window's stride and
+// low pad, the column window's low pad, and the output columns [col_lo, col_hi) whose KW taps
+// all lie inside the input.
+struct TapGradArgs {
+  const float* x;
+  const float* g;
+  int64_t n, h, w, c, oh, ow, sh, ph, pw, col_lo, col_hi;
+};
 
-// The same for a forward, undilated KH x KW window at column stride S: register blocks over
-// the interior columns when every row tap is in range, the rest column by column.
-template <int64_t KH, int64_t KW, int64_t S>
-void TapGradRow(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
-                int64_t ow, int64_t kh, int64_t kw, const Taps& rows, const Taps& cols,
-                int64_t p) {
-  const int64_t lo = cols.lo, hi = cols.hi;
-  if (!rows.full[p] || hi == lo) {
-    TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, 0, 0);
-    return;
-  }
-  const int64_t full_c = c / kLanes * kLanes;
-  const int64_t* row_src = rows.src.data() + p * kh;
-  const int64_t col_lo = cols.src[lo * kw];
-  for (int64_t c0 = 0; c0 < full_c; c0 += kLanes) {
-    TapGradBlock<Vec, KH, KW, S>(x_n + c0, g_row + c0, acc + c0, row_src, lo, hi, col_lo, w, c);
-  }
-  if (c - full_c == kHalfLanes) {
-    TapGradBlock<Half, KH, KW, S>(x_n + full_c, g_row + full_c, acc + full_c, row_src, lo, hi,
-                                  col_lo, w, c);
-  } else if (full_c < c) {  // the remaining lanes of the interior, one column at a time
-    for (int64_t r = 0; r < kh; ++r) {
-      const float* x_row = x_n + row_src[r] * w * c;
-      for (int64_t q = lo; q < hi; ++q) {
-        for (int64_t j = 0; j < kw; ++j) {
-          const float* x_px = x_row + cols.src[q * kw + j] * c;
-          float* a = acc + (r * kw + j) * c;
-          for (int64_t k = full_c; k < c; ++k) a[k] += x_px[k] * g_row[q * c + k];
-        }
+// Adds one output row's contribution to a channel block's tap sums for kernel rows [I0, I1):
+// sum[(i - I0)*KW + j] += x_row[i][(q*S + j - pw) * c] * g_row[q * c] over the row's columns q
+// and those kernel rows i with row_ok[i] (all of them when kAllRows), taps outside the input
+// skipped; x_row and g_row are offset to the block's first channel. Inlined, so the sums stay
+// in registers.
+template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, bool kAllRows>
+__attribute__((always_inline)) inline void AddTapRow(V* sum, const float* const* x_row,
+                                                     const bool* row_ok, const float* g_row,
+                                                     const TapGradArgs& a) {
+  const int64_t c = a.c;
+  auto edge = [&](int64_t q) {  // a column with some taps outside the input
+    const V gv = Load<V>(g_row + q * c);
+#pragma GCC unroll 8
+    for (int64_t i = I0; i < I1; ++i) {
+      if (!kAllRows && !row_ok[i]) continue;
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t col = q * S + j - a.pw;
+        if (col >= 0 && col < a.w) sum[(i - I0) * KW + j] += Load<V>(x_row[i] + col * c) * gv;
+      }
+    }
+  };
+  for (int64_t q = 0; q < a.col_lo; ++q) edge(q);
+  for (int64_t q = a.col_lo; q < a.col_hi; ++q) {
+    const V gv = Load<V>(g_row + q * c);
+    const int64_t m = (q * S - a.pw) * c;
+#pragma GCC unroll 8
+    for (int64_t i = I0; i < I1; ++i) {
+      if (!kAllRows && !row_ok[i]) continue;
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) {
+        sum[(i - I0) * KW + j] += Load<V>(x_row[i] + m + j * c) * gv;
       }
     }
   }
-  TapGradColumns(x_n, g_row, acc, w, c, kh, kw, rows, cols, p, ow, lo, hi);
+  for (int64_t q = std::max(a.col_lo, a.col_hi); q < a.ow; ++q) edge(q);
 }
 
-using TapRowFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                          int64_t, const Taps&, const Taps&, int64_t);
+// The output rows a tap-gradient block walks with its sums in registers: `count` rows of
+// one image, row k's gradient at g_row[k] and its source rows at x_row[k][i] (row_ok[k][i]:
+// inside the input; all_rows[k]: all of them).
+constexpr int64_t kMaxBand = 16;
+struct TapBand {
+  int64_t count = 0;
+  const float* g_row[kMaxBand];
+  const float* x_row[kMaxBand][kMaxRows];
+  bool row_ok[kMaxBand][kMaxRows];
+  bool all_rows[kMaxBand];
+};
 
-TapRowFn PickTapRow(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw) {
-  if (dh == 1 && dw == 1) {
-    if (kh == 3 && kw == 3 && sw == 1) return TapGradRow<3, 3, 1>;
-    if (kh == 3 && kw == 3 && sw == 2) return TapGradRow<3, 3, 2>;
-    if (kh == 5 && kw == 5 && sw == 1) return TapGradRow<5, 5, 1>;
-    if (kh == 5 && kw == 5 && sw == 2) return TapGradRow<5, 5, 2>;
+// Adds a band's rows to the tap gradient `acc` (K*K, C), channels [c0, c0 + V's width), kernel
+// rows [I0, I1): those taps' sums are loaded from acc, carried in registers along the band's
+// rows and stored back. (A 5x5 window's 25 sums and the operands did not fit AVX-512's 32
+// registers along with the edges' code: GCC spilled them in the loop.)
+template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S>
+inline void TapBlock(const TapGradArgs& a, const TapBand& band, int64_t c0, float* acc) {
+  constexpr int64_t kSums = (I1 - I0) * KW;
+  float* at = acc + I0 * KW * a.c + c0;
+  V sum[kSums];
+#pragma GCC unroll 32
+  for (int64_t t = 0; t < kSums; ++t) sum[t] = Load<V>(at + t * a.c);
+  for (int64_t k = 0; k < band.count; ++k) {
+    const float* xr[I1];
+    for (int64_t i = I0; i < I1; ++i) xr[i] = band.x_row[k][i] + c0;
+    if (band.all_rows[k]) {
+      AddTapRow<V, I0, I1, KW, S, true>(sum, xr, band.row_ok[k], band.g_row[k] + c0, a);
+    } else {
+      AddTapRow<V, I0, I1, KW, S, false>(sum, xr, band.row_ok[k], band.g_row[k] + c0, a);
+    }
   }
-  return TapGradRowColumns;
+#pragma GCC unroll 32
+  for (int64_t t = 0; t < kSums; ++t) Store<V>(at + t * a.c, sum[t]);
+}
+
+// All KH kernel rows of a channel block: TapBlock over rows [0, 3), then [3, KH).
+template <typename V, int64_t KH, int64_t KW, int64_t S>
+inline void TapBlocks(const TapGradArgs& a, const TapBand& band, int64_t c0, float* acc) {
+  constexpr int64_t kSplit = KH < 3 ? KH : 3;
+  TapBlock<V, 0, kSplit, KW, S>(a, band, c0, acc);
+  if constexpr (KH > kSplit) TapBlock<V, kSplit, KH, KW, S>(a, band, c0, acc);
+}
+
+// Adds output rows [first, last) of all n * oh to the tap gradient `acc` (K*K, C), for an
+// undilated KH x KW window at column stride S, in bands of rows: channel block by channel
+// block, each block's sums in registers across the band (the edges' taps too). A band is a
+// whole image where one image's x and gradient fit in kTapBandBytes and it has at most
+// kMaxBand rows (the small late layers, where a block's row is a few columns: per row, loading
+// and storing the sums cost as much as the row), else one row. Before each cache line's worth
+// of channels, that line of the pixels the next band reads and this one does not (its new
+// source rows and its gradient rows) is prefetched into L2: with the hardware prefetchers
+// alone this loop waited on memory (on a Zen 4, 2 threads, mobilenet_v2's 14x14 layers took
+// twice as long).
+template <int64_t KH, int64_t KW, int64_t S>
+void TapGradRows(const TapGradArgs& a, int64_t first, int64_t last, float* acc) {
+  const int64_t c = a.c, w = a.w, h = a.h, oh = a.oh;
+  const bool whole = oh <= kMaxBand && (h * w + oh * a.ow) * c * 4 <= kTapBandBytes;
+  for (int64_t row = first, end; row < last; row = end) {
+    const int64_t b = row / oh, p0 = row % oh;
+    end = whole ? std::min(last, (b + 1) * oh) : row + 1;
+    TapBand band;
+    band.count = end - row;
+    for (int64_t k = 0; k < band.count; ++k) {
+      const int64_t p = p0 + k;
+      band.g_row[k] = a.g + (row + k) * a.ow * c;
+      band.all_rows[k] = true;
+      for (int64_t i = 0; i < KH; ++i) {
+        const int64_t s = p * a.sh + i - a.ph;
+        band.row_ok[k][i] = s >= 0 && s < h;
+        band.all_rows[k] = band.all_rows[k] && band.row_ok[k][i];
+        band.x_row[k][i] = a.x + (b * h + (band.row_ok[k][i] ? s : 0)) * w * c;
+      }
+    }
+    // The next band's new source rows [r_lo, r_hi] (all of its rows in the next image) and
+    // its gradient rows.
+    const bool next = end < a.n * oh;
+    const int64_t nb = end / oh, np = end % oh;
+    const int64_t np_last = whole ? oh - 1 : np;
+    int64_t r_lo = std::max<int64_t>(0, np * a.sh - a.ph);
+    const int64_t r_hi = std::min<int64_t>(h - 1, np_last * a.sh - a.ph + KH - 1);
+    if (nb == b) r_lo = std::max(r_lo, (end - 1 - b * oh) * a.sh - a.ph + KH);
+    const float* next_x = a.x + nb * h * w * c;
+    const float* next_g = a.g + end * a.ow * c;
+    const int64_t next_g_pixels = (np_last - np + 1) * a.ow;
+    // The prefetch loops are written out here: GCC dropped them from a lambda (see NextSource).
+    for (int64_t c0 = 0; c0 < c;) {
+      if (next && c0 % kLineFloats == 0) {
+        for (int64_t r = r_lo; r <= r_hi; ++r) {
+          for (int64_t col = 0; col < w; ++col) {
+            __builtin_prefetch(next_x + (r * w + col) * c + c0, 0, 1);
+          }
+        }
+        for (int64_t q = 0; q < next_g_pixels; ++q) __builtin_prefetch(next_g + q * c + c0, 0, 1);
+      }
+      if (c0 + kLanes <= c) {
+        TapBlocks<Vec, KH, KW, S>(a, band, c0, acc);
+        c0 += kLanes;
+      } else if (c - c0 >= kHalfLanes) {
+        TapBlocks<Half, KH, KW, S>(a, band, c0, acc);
+        c0 += kHalfLanes;
+      } else {
+        TapBlocks<float, KH, KW, S>(a, band, c0, acc);
+        ++c0;
+      }
+    }
+  }
+}
+
+using TapRowsFn = void (*)(const TapGradArgs&, int64_t, int64_t, float*);
+
+// TapGradRows for the geometry, where there is one (undilated 3x3 or 5x5 at column stride 1
+// or 2); null elsewhere.
+TapRowsFn PickTapRows(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw) {
+  if (dh != 1 || dw != 1) return nullptr;
+  if (kh == 3 && kw == 3 && sw == 1) return TapGradRows<3, 3, 1>;
+  if (kh == 3 && kw == 3 && sw == 2) return TapGradRows<3, 3, 2>;
+  if (kh == 5 && kw == 5 && sw == 1) return TapGradRows<5, 5, 1>;
+  if (kh == 5 && kw == 5 && sw == 2) return TapGradRows<5, 5, 2>;
+  return nullptr;
 }
 
 ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
@@ -1048,28 +1141,40 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const Taps cols = TapTable(ow, w, kw, sw, dw, pw, false);
   const float* xs = x.typed_data();
   const float* gs = grad.typed_data();
+  float* o = out->typed_data();
   // Chunks of output rows, each summed into its own (K*K, C) partial; the partials are added
   // in chunk order, so the result does not depend on the thread count.
   const int64_t total = n * oh;
-  const int64_t per_chunk = std::max<int64_t>(1, total / 64);
-  const int64_t chunks = (total + per_chunk - 1) / per_chunk;
+  const int64_t chunks = std::min<int64_t>(total, kTapChunks);
+  if (chunks == 0) {
+    std::fill(o, o + kk * c, 0.f);
+    return ffi::Error::Success();
+  }
   std::vector<float> partial(chunks * kk * c, 0.f);
-  const TapRowFn tap_row = PickTapRow(kh, kw, sw, dh, dw);
+  const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, cols.lo, cols.hi};
+  const TapRowsFn tap_rows = PickTapRows(kh, kw, sw, dh, dw);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     float* acc = partial.data() + chunk * kk * c;
-    for (int64_t row = chunk * per_chunk; row < std::min(total, (chunk + 1) * per_chunk); ++row) {
-      const float* x_n = xs + row / oh * h * w * c;
-      const float* g_row = gs + row * ow * c;
-      const int64_t p = row % oh;
-      tap_row(x_n, g_row, acc, w, c, ow, kh, kw, rows, cols, p);
+    const int64_t first = total * chunk / chunks, last = total * (chunk + 1) / chunks;
+    if (tap_rows != nullptr) {
+      tap_rows(args, first, last, acc);
+      return;
+    }
+    for (int64_t row = first; row < last; ++row) {
+      TapGradColumns(xs + row / oh * h * w * c, gs + row * ow * c, acc, w, c, kh, kw, rows, cols,
+                     row % oh, ow, 0, 0);
     }
   });
-  float* o = out->typed_data();
-  std::fill(o, o + kk * c, 0.f);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const float* part = partial.data() + chunk * kk * c;
-    for (int64_t k = 0; k < kk * c; ++k) o[k] += part[k];
-  }
+  // The sum over chunks, in chunk order, in slices of channels run in parallel.
+  const int64_t slice = 4096, slices = (kk * c + slice - 1) / slice;
+  ParallelFor(pool, slices, [&](int64_t k_slice) {
+    const int64_t lo = k_slice * slice, hi = std::min(kk * c, lo + slice);
+    std::copy(partial.begin() + lo, partial.begin() + hi, o + lo);
+    for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+      const float* part = partial.data() + chunk * kk * c;
+      for (int64_t k = lo; k < hi; ++k) o[k] += part[k];
+    }
+  });
   return ffi::Error::Success();
 }
 

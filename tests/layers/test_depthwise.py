@@ -201,6 +201,25 @@ def test_native_register_blocks_match_grouped(channels, width, kernel, stride, p
     assert rel_err(got, ref) <= 1e-5
 
 
+# The tap gradient walks a whole image with each channel block's sums in registers where the
+# image is small (at most 16 output rows, x and gradient within 512 KiB), else one row at a
+# time; batch 3 over 32 row chunks puts chunk boundaries inside images either way.
+@pytest.mark.parametrize('height,width,channels', [(18, 9, 37), (12, 12, 600), (40, 6, 8)])
+@pytest.mark.parametrize('kernel,stride', [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_native_tap_gradient_by_rows_and_by_images(height, width, channels, kernel, stride,
+                                                    rng):
+  x = jnp.asarray(rng.standard_normal((3, height, width, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
+  pad = lax_padding('same', (kernel, kernel), (1, 1))
+  conv = lambda name: lambda x, w: get_strategy(name)(
+      x, w, (stride, stride), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=channels)
+  ct = jnp.asarray(rng.standard_normal(conv('grouped')(x, w).shape), jnp.float32)
+  grads = {name: jax.jit(jax.grad(lambda w: jnp.sum(conv(name)(x, w) * ct)))(w)
+           for name in ('grouped', 'native')}
+  assert rel_err(grads['native'], grads['grouped']) <= 1e-5
+
+
 def _with_running_stats(layer, rng):
   """`layer` (a ConvNormAct) in eval mode, its BatchNorm's statistics and affine drawn from
   `rng` (not the identity a fresh one is)."""
