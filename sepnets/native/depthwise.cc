@@ -372,7 +372,11 @@ void ConvPixel(const ConvArgs& a, const Image& img, float* out_row, int64_t p, i
   for (; c0 + kLanes <= c; c0 += kLanes) {
     Vec acc = PixelSum<Vec>(src_n + c0, a.taps + c0, src_off, tap_off, n);
     if (a.bias != nullptr) acc = Epilogue<Vec>(acc, a.bias + c0, a.act);
-    Store<Vec>(out_px + c0, acc);
+    if (a.stream) {
+      StreamStore(out_px + c0, acc);
+    } else {
+      Store<Vec>(out_px + c0, acc);
+    }
   }
   if (c0 + kHalfLanes <= c) {
     Half acc = PixelSum<Half>(src_n + c0, a.taps + c0, src_off, tap_off, n);
@@ -654,7 +658,7 @@ void TransposedColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p
   const int64_t c = a.c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
   BlockColumns<NT, 1, P>(a, img, p, v0 + o_min, a.taps + j_max * c,
-                         out_row + (2 * v0 + parity) * c, BlockLayout{a.kw * c, -2 * c, 2 * c},
+                         out_row + (2 * v0 + parity) * c, BlockLayout{a.kw * c, -2 * c, 2 * c, a.stream},
                          nullptr, c_lo, c_hi, tail, [&](int64_t k, int64_t c_from) {
                            ConvPixel(a, img, out_row, p, 2 * (v0 + k) + parity, c_from);
                          });
@@ -699,7 +703,7 @@ void TransposedRow2(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
   }
   const int64_t most = std::max(count[0], count[1]);
   for (int64_t v = 0; v < most; v += kPixels) {
-    const int64_t ahead = std::min(2 * (v + 2 * kPixels), a.ow);
+    const int64_t ahead = a.stream ? 0 : std::min(2 * (v + 2 * kPixels), a.ow);
     for (int64_t k = std::min(2 * (v + kPixels), a.ow) * a.c; k < ahead * a.c; k += kLineFloats) {
       __builtin_prefetch(out_row + k, 1, 3);
     }
@@ -823,9 +827,14 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // 9-32% less time streaming, its stride-2 layers the same; with the threshold at half the
   // cache rather than all of it, 384 and 576 channels at 14x14 a further 21-22% less and 192 at
   // 28x28, stride 2, 9% less; the three models' inference the same within noise either way
-  // (one process, alternated). Needs whole registers of channels and an aligned output.
+  // (one process, alternated). The same holds for the input gradient at stride 2 (the
+  // transposed window, whose output is 4x its source): the input gradients of
+  // mobilenet_v2's and efficientnet_b0's stride-2 layers at batch 32 took 25-56% less time
+  // streaming (3x3 column by column and 5x5 register blocks alike; each build run once, one
+  // after the other), 576 channels at 14x14 the same. Needs whole registers of channels and an
+  // aligned output.
   const int64_t moved = (a.n * a.h * a.w + a.n * a.oh * a.ow) * a.c * int64_t{sizeof(float)};
-  a.stream = !transposed && a.c % kLanes == 0 &&
+  a.stream = a.c % kLanes == 0 &&
              reinterpret_cast<uintptr_t>(a.out) % kVecBytes == 0 && moved > StreamAboveBytes();
   a.rows = TapTable(a.oh, a.h, kh, sh, dh, ph, transposed);
   a.cols = TapTable(a.ow, a.w, kw, sw, dw, pw, transposed);

@@ -413,12 +413,14 @@ def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
   assert not fuses_eval_pair(first, second)
 
 
-@pytest.mark.parametrize('stride,act_in', [(1, None), (2, None), (1, 'relu6'), (2, 'hard_swish')])
-def test_native_streamed_output_equals_the_cached_one(stride, act_in, rng):
-  """A forward pass whose source and output fill more than half the last-level cache writes its
-  output with non-temporal stores: the same numbers as the same images in two calls that fit
-  (cached stores), plain (with the input gradient, at stride 1 a forward pass too), with a
-  BatchNorm epilogue and with a prologue."""
+@pytest.mark.parametrize('stride,act_in,kernel', [(1, None, 3), (2, None, 3), (2, None, 5),
+                                                  (1, 'relu6', 3), (2, 'hard_swish', 3)])
+def test_native_streamed_output_equals_the_cached_one(stride, act_in, kernel, rng):
+  """A pass whose source and output fill more than half the last-level cache writes its output
+  with non-temporal stores: the same numbers as the same images in two calls that fit (cached
+  stores), plain (with the input gradient: at stride 1 a forward pass too, at stride 2 the
+  transposed window, 3x3 column by column, 5x5 in register blocks), with a BatchNorm epilogue
+  and with a prologue."""
   from sepnets.layers.depthwise import conv_affine_act
   from sepnets.native import stream_above_bytes
   channels, size = 64, 56
@@ -427,7 +429,7 @@ def test_native_streamed_output_equals_the_cached_one(stride, act_in, rng):
   half = int(0.6 * stream_above_bytes()) // per_image + 1
   assert 2 * half * per_image > stream_above_bytes() >= half * per_image
   x = jnp.asarray(rng.standard_normal((2 * half, size, size, channels)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
   ct = jnp.asarray(rng.standard_normal((2 * half, out_size, out_size, channels)), jnp.float32)
   scale, bias, in_scale, in_bias = (jnp.asarray(rng.standard_normal(channels), jnp.float32)
                                     for _ in range(4))
