@@ -729,11 +729,16 @@ void TransposedRow2(const ConvArgs& a, const Image& img, int64_t b, int64_t p) {
 using RowFn = void (*)(const ConvArgs&, const Image&, int64_t, int64_t);
 
 // The row kernel for a geometry: register blocks for undilated windows at most kMaxRows high,
-// forward 3 or 5 columns wide at stride 1 or 2, transposed 5 wide at stride 2; else column by
-// column.
+// forward 3 or 5 columns wide at stride 1 or 2, transposed 3 or 5 wide at stride 2; else column
+// by column. (Transposed, 3 wide, the blocks of 1 and 2 taps were no faster than column by
+// column while both wrote through the caches; with the output streamed, at batch 32 on a Zen
+// 4, two runs of each build, one after the other: the input gradient of 96 channels at
+// 112x112 took 5-32% less time, 144 at 56x56 20-29% less, 192 at 28x28 0-13% more, 576 at
+// 14x14 from 11% more to 33% less, 240 at 28x28 15-16% more.)
 RowFn PickRow(int64_t kh, int64_t kw, int64_t sw, int64_t dw, bool transposed) {
-  // (3 columns wide, the blocks of 1 and 2 taps were no faster than column by column)
-  if (transposed && dw == 1 && sw == 2 && kh <= kMaxRows && kw == 5) return TransposedRow2<5>;
+  if (transposed && dw == 1 && sw == 2 && kh <= kMaxRows && (kw == 3 || kw == 5)) {
+    return kw == 3 ? TransposedRow2<3> : TransposedRow2<5>;
+  }
   if (!transposed && dw == 1 && kh <= kMaxRows) {
     if (kw == 3 && sw == 1) return ConvRow<3, 1>;
     if (kw == 3 && sw == 2) return ConvRow<3, 2>;
@@ -830,7 +835,7 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // (one process, alternated). The same holds for the input gradient at stride 2 (the
   // transposed window, whose output is 4x its source): the input gradients of
   // mobilenet_v2's and efficientnet_b0's stride-2 layers at batch 32 took 25-56% less time
-  // streaming (3x3 column by column and 5x5 register blocks alike; each build run once, one
+  // streaming (3x3, then column by column, and 5x5 register blocks alike; each build run once, one
   // after the other), 576 channels at 14x14 the same. Needs whole registers of channels and an
   // aligned output.
   const int64_t moved = (a.n * a.h * a.w + a.n * a.oh * a.ow) * a.c * int64_t{sizeof(float)};

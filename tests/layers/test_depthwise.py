@@ -419,7 +419,7 @@ def test_native_streamed_output_equals_the_cached_one(stride, act_in, kernel, rn
   """A pass whose source and output fill more than half the last-level cache writes its output
   with non-temporal stores: the same numbers as the same images in two calls that fit (cached
   stores), plain (with the input gradient: at stride 1 a forward pass too, at stride 2 the
-  transposed window, 3x3 column by column, 5x5 in register blocks), with a BatchNorm epilogue
+  transposed window, in register blocks, 3x3 and 5x5), with a BatchNorm epilogue
   and with a prologue."""
   from sepnets.layers.depthwise import conv_affine_act
   from sepnets.native import stream_above_bytes
