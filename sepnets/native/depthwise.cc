@@ -835,9 +835,9 @@ ffi::Error RunConv(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& src,
   // (one process, alternated). The same holds for the input gradient at stride 2 (the
   // transposed window, whose output is 4x its source): the input gradients of
   // mobilenet_v2's and efficientnet_b0's stride-2 layers at batch 32 took 25-56% less time
-  // streaming (3x3, then column by column, and 5x5 register blocks alike; each build run once, one
-  // after the other), 576 channels at 14x14 the same. Needs whole registers of channels and an
-  // aligned output.
+  // streaming (3x3, then column by column, and 5x5 register blocks alike; each build run
+  // once, one after the other), 576 channels at 14x14 the same. Needs whole registers of
+  // channels and an aligned output.
   const int64_t moved = (a.n * a.h * a.w + a.n * a.oh * a.ow) * a.c * int64_t{sizeof(float)};
   a.stream = a.c % kLanes == 0 &&
              reinterpret_cast<uintptr_t>(a.out) % kVecBytes == 0 && moved > StreamAboveBytes();
