@@ -658,8 +658,9 @@ void TransposedColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p
   const int64_t c = a.c;
   float* out_row = a.out + (b * a.oh + p) * a.ow * c;
   BlockColumns<NT, 1, P>(a, img, p, v0 + o_min, a.taps + j_max * c,
-                         out_row + (2 * v0 + parity) * c, BlockLayout{a.kw * c, -2 * c, 2 * c, a.stream},
-                         nullptr, c_lo, c_hi, tail, [&](int64_t k, int64_t c_from) {
+                         out_row + (2 * v0 + parity) * c,
+                         BlockLayout{a.kw * c, -2 * c, 2 * c, a.stream}, nullptr, c_lo, c_hi,
+                         tail, [&](int64_t k, int64_t c_from) {
                            ConvPixel(a, img, out_row, p, 2 * (v0 + k) + parity, c_from);
                          });
 }
