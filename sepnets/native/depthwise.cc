@@ -942,16 +942,15 @@ ffi::Error DwActConvBiasAct(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> src,
                  sw, dh, dw, ph, pw, false, &pre);
 }
 
-// Adds output row p's columns except [skip_lo, skip_hi), with only their valid taps.
+// Adds output row p's contribution to the tap gradient `acc` (K*K, C), column by column, with
+// only the valid taps (any geometry; used for dilated windows and kernels other than 3x3, 5x5).
 void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w, int64_t c,
                     int64_t kh, int64_t kw, const Taps& rows, const Taps& cols, int64_t p,
-                    int64_t ow, int64_t skip_lo, int64_t skip_hi) {
+                    int64_t ow) {
   for (int64_t r = 0; r < rows.count[p]; ++r) {
     const float* x_row = x_n + rows.src[p * kh + r] * w * c;
     const int64_t i = rows.tap[p * kh + r];
     for (int64_t q = 0; q < ow; ++q) {
-      if (q == skip_lo && skip_hi > skip_lo) q = skip_hi;
-      if (q >= ow) break;
       const float* g_px = g_row + q * c;
       for (int64_t k = 0; k < cols.count[q]; ++k) {
         const float* x_px = x_row + cols.src[q * kw + k] * c;
@@ -1178,7 +1177,7 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     }
     for (int64_t row = first; row < last; ++row) {
       TapGradColumns(xs + row / oh * h * w * c, gs + row * ow * c, acc, w, c, kh, kw, rows, cols,
-                     row % oh, ow, 0, 0);
+                     row % oh, ow);
     }
   });
   // The sum over chunks, in chunk order, in slices of the (K*K * C) taps run in parallel.
