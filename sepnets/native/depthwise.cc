@@ -38,11 +38,10 @@ constexpr int64_t kTapBandBytes = 512 << 10;  // see TapGradRows
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
 // window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
-// p (p = s*stride + i*dilation - low). Also whether all `kernel` taps are valid, and the
-// first run [lo, hi) of such indices (lo == hi when there is none).
+// p (p = s*stride + i*dilation - low). Also the first run [lo, hi) of indices whose `kernel`
+// taps are all valid (lo == hi when there is none).
 struct Taps {
   std::vector<int64_t> count, tap, src;  // count per p; tap/src at [p * kernel + k]
-  std::vector<char> full;
   int64_t lo = 0, hi = 0;
 };
 
@@ -52,7 +51,6 @@ Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
   t.count.assign(out_len, 0);
   t.tap.assign(out_len * kernel, 0);
   t.src.assign(out_len * kernel, 0);
-  t.full.assign(out_len, 0);
   for (int64_t p = 0; p < out_len; ++p) {
     for (int64_t i = 0; i < kernel; ++i) {
       int64_t s;
@@ -68,10 +66,9 @@ Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
       t.tap[p * kernel + k] = i;
       t.src[p * kernel + k] = s;
     }
-    t.full[p] = t.count[p] == kernel;
   }
-  while (t.lo < out_len && !t.full[t.lo]) ++t.lo;
-  for (t.hi = t.lo; t.hi < out_len && t.full[t.hi];) ++t.hi;
+  while (t.lo < out_len && t.count[t.lo] != kernel) ++t.lo;
+  for (t.hi = t.lo; t.hi < out_len && t.count[t.hi] == kernel;) ++t.hi;
   return t;
 }
 
