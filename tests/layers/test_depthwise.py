@@ -210,12 +210,10 @@ def test_native_tap_gradient_by_rows_and_by_images(height, width, channels, kern
                                                     rng):
   x = jnp.asarray(rng.standard_normal((3, height, width, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
-  pad = lax_padding('same', (kernel, kernel), (1, 1))
-  conv = lambda name: lambda x, w: get_strategy(name)(
-      x, w, (stride, stride), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=channels)
-  ct = jnp.asarray(rng.standard_normal(conv('grouped')(x, w).shape), jnp.float32)
-  grads = {name: jax.jit(jax.grad(lambda w: jnp.sum(conv(name)(x, w) * ct)))(w)
+  ct = jnp.asarray(rng.standard_normal(_conv('grouped', x, w, stride, 'same', 1).shape),
+                   jnp.float32)
+  grads = {name: jax.jit(jax.grad(
+               lambda w: jnp.sum(_conv(name, x, w, stride, 'same', 1) * ct)))(w)
            for name in ('grouped', 'native')}
   assert rel_err(grads['native'], grads['grouped']) <= 1e-5
 
