@@ -559,7 +559,9 @@ void ConvColumns(const ConvArgs& a, const Image& img, int64_t b, int64_t p, int6
 struct RowBlocks {
   int64_t count, base, extra;
   explicit RowBlocks(int64_t ow)
-      : count((ow + kPixels - 1) / kPixels), base(ow / count), extra(ow % count) {}
+      : count((ow + kPixels - 1) / kPixels),
+        base(count ? ow / count : 0),
+        extra(count ? ow % count : 0) {}
   int64_t Start(int64_t i) const { return i * base + std::min(i, extra); }
   int64_t Width(int64_t i) const { return base + (i < extra); }
 };
@@ -967,50 +969,91 @@ void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w,
 }
 
 // Where TapGradRows reads: x (n, h, w, c) and g (n, oh, ow, c); the row window's stride and
-// low pad, the column window's low pad, and the output columns [col_lo, col_hi) whose KW taps
-// all lie inside the input.
+// low pad, the column window's low pad, and the register blocks of columns that tile an
+// output row.
 struct TapGradArgs {
   const float* x;
   const float* g;
-  int64_t n, h, w, c, oh, ow, sh, ph, pw, col_lo, col_hi;
+  int64_t n, h, w, c, oh, ow, sh, ph, pw;
+  RowBlocks blocks;
 };
 
-// Adds one output row's contribution to a channel block's tap sums for kernel rows [I0, I1):
-// sum[(i - I0)*KW + j] += x_row[i][(q*S + j - pw) * c] * g_row[q * c] over the row's columns q
-// and those kernel rows i with row_ok[i] (all of them when kAllRows), taps outside the input
-// skipped; x_row and g_row are offset to the block's first channel. Inlined, so the sums stay
-// in registers.
+// Adds output columns [q0, q0 + P) of one output row to a channel block's tap sums for kernel
+// rows [I0, I1): sum[(i - I0)*KW + j] += x_row[i][(q*S + j - pw) * c] * g_row[q * c], for
+// those kernel rows i with row_ok[i]; x_row and g_row are offset to the block's first channel.
+// The block's P gradient vectors are loaded once, and each source vector of its span once per
+// kernel row and multiplied into every tap it meets (as the forward's ConvBlock, the roles of
+// taps and outputs swapped): per output column KW * (I1 - I0) multiply-adds and about
+// (I1 - I0) * S loads, where one load per multiply-add kept the loop waiting on loads. With
+// kClip, the span's columns outside the input are skipped. Inlined, so the sums stay in
+// registers.
+template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, int64_t P, bool kClip,
+          bool kAllRows>
+__attribute__((always_inline)) inline void AddTapBlock(V* sum, const float* const* x_row,
+                                                       const bool* row_ok, const float* g_row,
+                                                       int64_t q0, const TapGradArgs& a) {
+  constexpr int64_t kSpan = (P - 1) * S + KW;
+  const int64_t c = a.c, col0 = q0 * S - a.pw;
+  const int64_t m_lo = kClip ? std::max<int64_t>(0, -col0) : 0;
+  const int64_t m_hi = kClip ? std::min(kSpan, a.w - col0) : kSpan;
+  V gv[P];
+#pragma GCC unroll 16
+  for (int64_t k = 0; k < P; ++k) gv[k] = Load<V>(g_row + (q0 + k) * c);
+  const float* xr[I1];
+#pragma GCC unroll 8
+  for (int64_t i = I0; i < I1; ++i) xr[i] = x_row[i] + col0 * c;
+#pragma GCC unroll 64
+  for (int64_t m = 0; m < kSpan; ++m) {
+    if (kClip && (m < m_lo || m >= m_hi)) continue;
+    const int64_t at = m * c;
+#pragma GCC unroll 8
+    for (int64_t i = I0; i < I1; ++i) {
+      if (!kAllRows && !row_ok[i]) continue;
+      V v = Load<V>(xr[i] + at);
+      PinRegister(v);
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t k = (m - j) / S;
+        if (m >= j && (m - j) % S == 0 && k < P) sum[(i - I0) * KW + j] += v * gv[k];
+      }
+    }
+  }
+}
+
+// AddTapBlock for a block `width` (kFewPixels to kPixels) columns wide.
+template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, bool kClip, bool kAllRows>
+__attribute__((always_inline)) inline void AddTapBlockOf(int64_t width, V* sum,
+                                                         const float* const* x_row,
+                                                         const bool* row_ok, const float* g_row,
+                                                         int64_t q0, const TapGradArgs& a) {
+  switch (width) {
+#define SEPNETS_TAP_BLOCK(P) \
+  case P:                    \
+    return AddTapBlock<V, I0, I1, KW, S, P, kClip, kAllRows>(sum, x_row, row_ok, g_row, q0, a);
+    SEPNETS_TAP_BLOCK(4) SEPNETS_TAP_BLOCK(5) SEPNETS_TAP_BLOCK(6) SEPNETS_TAP_BLOCK(7)
+#undef SEPNETS_TAP_BLOCK
+    default:
+      return AddTapBlock<V, I0, I1, KW, S, kPixels, kClip, kAllRows>(sum, x_row, row_ok, g_row,
+                                                                     q0, a);
+  }
+}
+
+// Adds one output row to a channel block's tap sums for kernel rows [I0, I1), in the register
+// blocks that tile the row (a.blocks), those whose span reaches past the input's edges
+// clipped.
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, bool kAllRows>
 __attribute__((always_inline)) inline void AddTapRow(V* sum, const float* const* x_row,
                                                      const bool* row_ok, const float* g_row,
                                                      const TapGradArgs& a) {
-  const int64_t c = a.c;
-  auto edge = [&](int64_t q) {  // a column with some taps outside the input
-    const V gv = Load<V>(g_row + q * c);
-#pragma GCC unroll 8
-    for (int64_t i = I0; i < I1; ++i) {
-      if (!kAllRows && !row_ok[i]) continue;
-#pragma GCC unroll 8
-      for (int64_t j = 0; j < KW; ++j) {
-        const int64_t col = q * S + j - a.pw;
-        if (col >= 0 && col < a.w) sum[(i - I0) * KW + j] += Load<V>(x_row[i] + col * c) * gv;
-      }
-    }
-  };
-  for (int64_t q = 0; q < a.col_lo; ++q) edge(q);
-  for (int64_t q = a.col_lo; q < a.col_hi; ++q) {
-    const V gv = Load<V>(g_row + q * c);
-    const int64_t m = (q * S - a.pw) * c;
-#pragma GCC unroll 8
-    for (int64_t i = I0; i < I1; ++i) {
-      if (!kAllRows && !row_ok[i]) continue;
-#pragma GCC unroll 8
-      for (int64_t j = 0; j < KW; ++j) {
-        sum[(i - I0) * KW + j] += Load<V>(x_row[i] + m + j * c) * gv;
-      }
+  for (int64_t b = 0; b < a.blocks.count; ++b) {
+    const int64_t q0 = a.blocks.Start(b), width = a.blocks.Width(b);
+    const int64_t col0 = q0 * S - a.pw;
+    if (col0 >= 0 && col0 + (width - 1) * S + KW <= a.w) {
+      AddTapBlockOf<V, I0, I1, KW, S, false, kAllRows>(width, sum, x_row, row_ok, g_row, q0, a);
+    } else {
+      AddTapBlockOf<V, I0, I1, KW, S, true, kAllRows>(width, sum, x_row, row_ok, g_row, q0, a);
     }
   }
-  for (int64_t q = std::max(a.col_lo, a.col_hi); q < a.ow; ++q) edge(q);
 }
 
 // The output rows a tap-gradient block walks with its sums in registers: `count` rows of
@@ -1030,12 +1073,13 @@ struct TapBand {
 // rows and stored back. (A 5x5 window's 25 sums and the operands did not fit AVX-512's 32
 // registers along with the edges' code: GCC spilled them in the loop.)
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S>
-inline void TapBlock(const TapGradArgs& a, const TapBand& band, int64_t c0, float* acc) {
+inline void TapBlock(const TapGradArgs& a, const TapBand& band, int64_t c0, bool fresh,
+                     float* acc) {
   constexpr int64_t kSums = (I1 - I0) * KW;
   float* at = acc + I0 * KW * a.c + c0;
   V sum[kSums];
 #pragma GCC unroll 32
-  for (int64_t t = 0; t < kSums; ++t) sum[t] = Load<V>(at + t * a.c);
+  for (int64_t t = 0; t < kSums; ++t) sum[t] = fresh ? V{} : Load<V>(at + t * a.c);
   for (int64_t k = 0; k < band.count; ++k) {
     const float* xr[I1];
     for (int64_t i = I0; i < I1; ++i) xr[i] = band.x_row[k][i] + c0;
@@ -1051,13 +1095,15 @@ inline void TapBlock(const TapGradArgs& a, const TapBand& band, int64_t c0, floa
 
 // All KH kernel rows of a channel block: TapBlock over rows [0, 3), then [3, KH).
 template <typename V, int64_t KH, int64_t KW, int64_t S>
-inline void TapBlocks(const TapGradArgs& a, const TapBand& band, int64_t c0, float* acc) {
+inline void TapBlocks(const TapGradArgs& a, const TapBand& band, int64_t c0, bool fresh,
+                      float* acc) {
   constexpr int64_t kSplit = KH < 3 ? KH : 3;
-  TapBlock<V, 0, kSplit, KW, S>(a, band, c0, acc);
-  if constexpr (KH > kSplit) TapBlock<V, kSplit, KH, KW, S>(a, band, c0, acc);
+  TapBlock<V, 0, kSplit, KW, S>(a, band, c0, fresh, acc);
+  if constexpr (KH > kSplit) TapBlock<V, kSplit, KH, KW, S>(a, band, c0, fresh, acc);
 }
 
-// Adds output rows [first, last) of all n * oh to the tap gradient `acc` (K*K, C), for an
+// Sums output rows [first, last) of all n * oh into the tap gradient `acc` (K*K, C; what it
+// held before is overwritten, so it need not be zeroed), for an
 // undilated KH x KW window at column stride S, in bands of rows: channel block by channel
 // block, each block's sums in registers across the band (the edges' taps too). A band is a
 // whole image where one image's x and gradient fit in kTapBandBytes and it has at most
@@ -1075,6 +1121,7 @@ void TapGradRows(const TapGradArgs& a, int64_t first, int64_t last, float* acc) 
   for (int64_t row = first, end; row < last; row = end) {
     const int64_t b = row / oh, p0 = row % oh;
     end = whole ? std::min(last, (b + 1) * oh) : row + 1;
+    const bool fresh = row == first;  // acc holds nothing yet: the sums start from zero
     TapBand band;
     band.count = end - row;
     for (int64_t k = 0; k < band.count; ++k) {
@@ -1110,13 +1157,13 @@ void TapGradRows(const TapGradArgs& a, int64_t first, int64_t last, float* acc) 
         for (int64_t q = 0; q < next_g_pixels; ++q) __builtin_prefetch(next_g + q * c + c0, 0, 1);
       }
       if (c0 + kLanes <= c) {
-        TapBlocks<Vec, KH, KW, S>(a, band, c0, acc);
+        TapBlocks<Vec, KH, KW, S>(a, band, c0, fresh, acc);
         c0 += kLanes;
       } else if (c - c0 >= kHalfLanes) {
-        TapBlocks<Half, KH, KW, S>(a, band, c0, acc);
+        TapBlocks<Half, KH, KW, S>(a, band, c0, fresh, acc);
         c0 += kHalfLanes;
       } else {
-        TapBlocks<float, KH, KW, S>(a, band, c0, acc);
+        TapBlocks<float, KH, KW, S>(a, band, c0, fresh, acc);
         ++c0;
       }
     }
@@ -1126,9 +1173,9 @@ void TapGradRows(const TapGradArgs& a, int64_t first, int64_t last, float* acc) 
 using TapRowsFn = void (*)(const TapGradArgs&, int64_t, int64_t, float*);
 
 // TapGradRows for the geometry, where there is one (undilated 3x3 or 5x5 at column stride 1
-// or 2); null elsewhere.
-TapRowsFn PickTapRows(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw) {
-  if (dh != 1 || dw != 1) return nullptr;
+// or 2, output rows at least kFewPixels wide); null elsewhere.
+TapRowsFn PickTapRows(int64_t kh, int64_t kw, int64_t sw, int64_t dh, int64_t dw, int64_t ow) {
+  if (dh != 1 || dw != 1 || ow < kFewPixels) return nullptr;
   if (kh == 3 && kw == 3 && sw == 1) return TapGradRows<3, 3, 1>;
   if (kh == 3 && kw == 3 && sw == 2) return TapGradRows<3, 3, 2>;
   if (kh == 5 && kw == 5 && sw == 1) return TapGradRows<5, 5, 1>;
@@ -1162,16 +1209,23 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     std::fill(o, o + kk * c, 0.f);
     return ffi::Error::Success();
   }
-  std::vector<float> partial(chunks * kk * c, 0.f);
-  const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, cols.lo, cols.hi};
-  const TapRowsFn tap_rows = PickTapRows(kh, kw, sw, dh, dw);
+  // The partials live in a buffer of the calling thread's, kept from call to call: a fresh
+  // one per call (a megabyte at 960 channels, 3x3) was zeroed and page-faulted every time.
+  thread_local std::vector<float> partial_buffer;
+  if (partial_buffer.size() < static_cast<size_t>(chunks * kk * c)) {
+    partial_buffer.resize(chunks * kk * c);
+  }
+  float* partial = partial_buffer.data();
+  const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, RowBlocks(ow)};
+  const TapRowsFn tap_rows = PickTapRows(kh, kw, sw, dh, dw, ow);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
-    float* acc = partial.data() + chunk * kk * c;
+    float* acc = partial + chunk * kk * c;
     const int64_t first = total * chunk / chunks, last = total * (chunk + 1) / chunks;
     if (tap_rows != nullptr) {
       tap_rows(args, first, last, acc);
       return;
     }
+    std::fill(acc, acc + kk * c, 0.f);
     for (int64_t row = first; row < last; ++row) {
       TapGradColumns(xs + row / oh * h * w * c, gs + row * ow * c, acc, w, c, kh, kw, rows, cols,
                      row % oh, ow);
@@ -1181,9 +1235,9 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   const int64_t slice = 4096, slices = (kk * c + slice - 1) / slice;
   ParallelFor(pool, slices, [&](int64_t k_slice) {
     const int64_t lo = k_slice * slice, hi = std::min(kk * c, lo + slice);
-    std::copy(partial.begin() + lo, partial.begin() + hi, o + lo);
+    std::copy(partial + lo, partial + hi, o + lo);
     for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-      const float* part = partial.data() + chunk * kk * c;
+      const float* part = partial + chunk * kk * c;
       for (int64_t k = lo; k < hi; ++k) o[k] += part[k];
     }
   });

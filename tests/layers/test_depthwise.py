@@ -208,14 +208,30 @@ def test_native_register_blocks_match_grouped(channels, width, kernel, stride, p
 @pytest.mark.parametrize('kernel,stride', [(3, 1), (3, 2), (5, 1), (5, 2)])
 def test_native_tap_gradient_by_rows_and_by_images(height, width, channels, kernel, stride,
                                                     rng):
-  x = jnp.asarray(rng.standard_normal((3, height, width, channels)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, channels)), jnp.float32)
+  grads = _tap_grads((3, height, width, channels), kernel, stride, rng)
+  assert rel_err(grads['native'], grads['grouped']) <= 1e-5
+
+
+def _tap_grads(shape, kernel, stride, rng):
+  """The kernel gradient of a depthwise conv of an input of `shape` (random input, kernel and
+  output gradient from `rng`), {strategy: gradient} for grouped and native."""
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 1, shape[-1])), jnp.float32)
   ct = jnp.asarray(rng.standard_normal(_conv('grouped', x, w, stride, 'same', 1).shape),
                    jnp.float32)
-  grads = {name: jax.jit(jax.grad(
-               lambda w: jnp.sum(_conv(name, x, w, stride, 'same', 1) * ct)))(w)
-           for name in ('grouped', 'native')}
-  assert rel_err(grads['native'], grads['grouped']) <= 1e-5
+  return {name: jax.jit(jax.grad(
+              lambda w: jnp.sum(_conv(name, x, w, stride, 'same', 1) * ct)))(w)
+          for name in ('grouped', 'native')}
+
+
+def test_native_tap_gradient_after_a_larger_one(rng):
+  """The partial sums' buffer outlives a call (it is the calling thread's): a call after a
+  larger one, in register blocks and column by column (output rows under 4 wide), sums only
+  its own rows."""
+  for shape, kernel, stride in [((2, 12, 12, 600), 5, 1), ((1, 7, 7, 24), 3, 2),
+                                ((1, 5, 5, 16), 3, 2), ((2, 9, 9, 40), 3, 1)]:
+    grads = _tap_grads(shape, kernel, stride, rng)
+    assert rel_err(grads['native'], grads['grouped']) <= 1e-5, (shape, kernel, stride)
 
 
 def _with_running_stats(layer, rng):
