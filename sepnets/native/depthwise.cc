@@ -984,7 +984,11 @@ struct TapGradArgs {
 // The block's P gradient vectors are loaded once, and each source vector of its span once per
 // kernel row and multiplied into every tap it meets (as the forward's ConvBlock, the roles of
 // taps and outputs swapped): per output column KW * (I1 - I0) multiply-adds and about
-// (I1 - I0) * S loads, where one load per multiply-add kept the loop waiting on loads. With
+// (I1 - I0) * S + 1 loads. (Column by column, with a load per multiply-add, at batch 32 on a
+// Zen 4, old and new alternated in one process: 960 channels at 7x7 took 54% more time, 1152
+// at 7x7, 5x5, 66% more, 192 at 28x28 29% more; the large layers that stream from memory, 32
+// at 112x112 and 96 at 112x112 stride 2, 5-7% less.) The loop runs over the span's columns,
+// then the kernel rows, so all the block's sums advance together, not KW at a time. With
 // kClip, the span's columns outside the input are skipped. Inlined, so the sums stay in
 // registers.
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, int64_t P, bool kClip,
