@@ -38,11 +38,9 @@ constexpr int64_t kTapBandBytes = 512 << 10;  // see TapGradRows
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
 // window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
-// p (p = s*stride + i*dilation - low). Also the first run [lo, hi) of indices whose `kernel`
-// taps are all valid (lo == hi when there is none).
+// p (p = s*stride + i*dilation - low).
 struct Taps {
   std::vector<int64_t> count, tap, src;  // count per p; tap/src at [p * kernel + k]
-  int64_t lo = 0, hi = 0;
 };
 
 Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
@@ -67,8 +65,6 @@ Taps TapTable(int64_t out_len, int64_t src_len, int64_t kernel, int64_t stride,
       t.src[p * kernel + k] = s;
     }
   }
-  while (t.lo < out_len && t.count[t.lo] != kernel) ++t.lo;
-  for (t.hi = t.lo; t.hi < out_len && t.count[t.hi] == kernel;) ++t.hi;
   return t;
 }
 
@@ -1073,9 +1069,9 @@ struct TapBand {
 };
 
 // Adds a band's rows to the tap gradient `acc` (K*K, C), channels [c0, c0 + V's width), kernel
-// rows [I0, I1): those taps' sums are loaded from acc, carried in registers along the band's
-// rows and stored back. (A 5x5 window's 25 sums and the operands did not fit AVX-512's 32
-// registers along with the edges' code: GCC spilled them in the loop.)
+// rows [I0, I1): those taps' sums are loaded from acc (or start from zero where `fresh`),
+// carried in registers along the band's rows and stored back. (A 5x5 window's 25 sums, a
+// block's gradient vectors and the source vector do not fit AVX-512's 32 registers together.)
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S>
 inline void TapBlock(const TapGradArgs& a, const TapBand& band, int64_t c0, bool fresh,
                      float* acc) {
@@ -1107,8 +1103,8 @@ inline void TapBlocks(const TapGradArgs& a, const TapBand& band, int64_t c0, boo
 }
 
 // Sums output rows [first, last) of all n * oh into the tap gradient `acc` (K*K, C; what it
-// held before is overwritten, so it need not be zeroed), for an
-// undilated KH x KW window at column stride S, in bands of rows: channel block by channel
+// held before is overwritten, so it need not be zeroed), for an undilated KH x KW window at
+// column stride S, in bands of rows: channel block by channel
 // block, each block's sums in registers across the band (the edges' taps too). A band is a
 // whole image where one image's x and gradient fit in kTapBandBytes and it has at most
 // kMaxBand rows (the small late layers, whose rows are a few columns: loading and storing the
