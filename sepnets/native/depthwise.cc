@@ -35,6 +35,13 @@ constexpr int64_t kTile = 64;  // channels per pass over a row in the forward lo
 constexpr int64_t kMaxRows = 5;  // kernel rows of the register-blocked forward (3x3, 5x5)
 constexpr int64_t kTapChunks = 32;  // row chunks (partial sums) of the tap gradient
 constexpr int64_t kTapBandBytes = 512 << 10;  // see TapGradRows
+// The widest output rows the tap gradient sums in register blocks; wider ones go column by
+// column (see AddTapBlock).
+#if defined(__AVX512F__)
+constexpr int64_t kTapBlockedWidth = 28;
+#else
+constexpr int64_t kTapBlockedWidth = 14;
+#endif
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
 // window (s = p*stride + i*dilation - low) or, transposed, the output positions that read
@@ -966,12 +973,13 @@ void TapGradColumns(const float* x_n, const float* g_row, float* acc, int64_t w,
 
 // Where TapGradRows reads: x (n, h, w, c) and g (n, oh, ow, c); the row window's stride and
 // low pad, the column window's low pad, and the register blocks of columns that tile an
-// output row.
+// output row, or (by_column) one column at a time.
 struct TapGradArgs {
   const float* x;
   const float* g;
   int64_t n, h, w, c, oh, ow, sh, ph, pw;
   RowBlocks blocks;
+  bool by_column;
 };
 
 // Adds output columns [q0, q0 + P) of one output row to a channel block's tap sums for kernel
@@ -980,13 +988,18 @@ struct TapGradArgs {
 // The block's P gradient vectors are loaded once, and each source vector of its span once per
 // kernel row and multiplied into every tap it meets (as the forward's ConvBlock, the roles of
 // taps and outputs swapped): per output column KW * (I1 - I0) multiply-adds and about
-// (I1 - I0) * S + 1 loads. (Column by column, with a load per multiply-add, at batch 32 on a
-// Zen 4, old and new alternated in one process: 960 channels at 7x7 took 54% more time, 1152
-// at 7x7, 5x5, 66% more, 192 at 28x28 29% more; the large layers that stream from memory, 32
-// at 112x112 and 96 at 112x112 stride 2, 5-7% less.) The loop runs over the span's columns,
-// then the kernel rows, so all the block's sums advance together, not KW at a time. With
-// kClip, the span's columns outside the input are skipped. Inlined, so the sums stay in
-// registers.
+// (I1 - I0) * S + 1 loads. A source vector that meets one tap only is left to GCC, which folds
+// its load into the multiply-add; so with P = 1 (column by column) each multiply-add reads its
+// source from memory, one instruction. Rows up to kTapBlockedWidth columns go in blocks of 4
+// to 8 columns, wider ones column by column. Measured at batch 32, alternated in one process:
+// on a Zen 4 (AVX-512), column by column took 54% more time than blocks at 960 channels 7x7,
+// 66% at 1152 7x7 5x5, 29% at 192 28x28, but 5-9% less on the layers of 56 and 112 columns
+// (32 at 112x112, 96 at 112x112 stride 2, 144 at 56x56); on a Zen 3 (AVX2), blocks took
+// 10-40% more time than column by column on rows of 28 columns and wider (also with blocks of
+// at most 4 columns), and about the same on rows of 14 and 7. The
+// loop runs over the span's columns, then the kernel rows, so all the block's sums advance
+// together, not KW at a time. With kClip, the span's columns outside the input are skipped.
+// Inlined, so the sums stay in registers.
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, int64_t P, bool kClip,
           bool kAllRows>
 __attribute__((always_inline)) inline void AddTapBlock(V* sum, const float* const* x_row,
@@ -1010,7 +1023,10 @@ __attribute__((always_inline)) inline void AddTapBlock(V* sum, const float* cons
     for (int64_t i = I0; i < I1; ++i) {
       if (!kAllRows && !row_ok[i]) continue;
       V v = Load<V>(xr[i] + at);
-      PinRegister(v);
+      int64_t uses = 0;  // a constant once the loops are unrolled
+#pragma GCC unroll 8
+      for (int64_t j = 0; j < KW; ++j) uses += m >= j && (m - j) % S == 0 && (m - j) / S < P;
+      if (uses > 1) PinRegister(v);
 #pragma GCC unroll 8
       for (int64_t j = 0; j < KW; ++j) {
         const int64_t k = (m - j) / S;
@@ -1039,12 +1055,23 @@ __attribute__((always_inline)) inline void AddTapBlockOf(int64_t width, V* sum,
 }
 
 // Adds one output row to a channel block's tap sums for kernel rows [I0, I1), in the register
-// blocks that tile the row (a.blocks), those whose span reaches past the input's edges
-// clipped.
+// blocks that tile the row (a.blocks) or column by column (a.by_column), those whose span
+// reaches past the input's edges clipped.
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, bool kAllRows>
 __attribute__((always_inline)) inline void AddTapRow(V* sum, const float* const* x_row,
                                                      const bool* row_ok, const float* g_row,
                                                      const TapGradArgs& a) {
+  if (a.by_column) {
+    for (int64_t q = 0; q < a.ow; ++q) {
+      const int64_t col0 = q * S - a.pw;
+      if (col0 >= 0 && col0 + KW <= a.w) {
+        AddTapBlock<V, I0, I1, KW, S, 1, false, kAllRows>(sum, x_row, row_ok, g_row, q, a);
+      } else {
+        AddTapBlock<V, I0, I1, KW, S, 1, true, kAllRows>(sum, x_row, row_ok, g_row, q, a);
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < a.blocks.count; ++b) {
     const int64_t q0 = a.blocks.Start(b), width = a.blocks.Width(b);
     const int64_t col0 = q0 * S - a.pw;
@@ -1216,7 +1243,8 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     partial_buffer.resize(chunks * kk * c);
   }
   float* partial = partial_buffer.data();
-  const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, RowBlocks(ow)};
+  const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, RowBlocks(ow),
+                         ow > kTapBlockedWidth};
   const TapRowsFn tap_rows = PickTapRows(kh, kw, sw, dh, dw, ow);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     float* acc = partial + chunk * kk * c;
