@@ -35,12 +35,12 @@ constexpr int64_t kTile = 64;  // channels per pass over a row in the forward lo
 constexpr int64_t kMaxRows = 5;  // kernel rows of the register-blocked forward (3x3, 5x5)
 constexpr int64_t kTapChunks = 32;  // row chunks (partial sums) of the tap gradient
 constexpr int64_t kTapBandBytes = 512 << 10;  // see TapGradRows
-// The widest output rows the tap gradient sums in register blocks; wider ones go column by
-// column (see AddTapBlock).
+// The widest output rows the tap gradient sums in register blocks, at column stride 1 and 2;
+// wider ones go column by column (see AddTapBlock).
 #if defined(__AVX512F__)
-constexpr int64_t kTapBlockedWidth = 28;
+constexpr int64_t kTapBlockedWidth[2] = {28, 28};
 #else
-constexpr int64_t kTapBlockedWidth = 14;
+constexpr int64_t kTapBlockedWidth[2] = {14, 0};
 #endif
 
 // For each output index p, the (tap, source index) pairs that are in range: the forward
@@ -996,7 +996,8 @@ struct TapGradArgs {
 // 66% at 1152 7x7 5x5, 29% at 192 28x28, but 5-9% less on the layers of 56 and 112 columns
 // (32 at 112x112, 96 at 112x112 stride 2, 144 at 56x56); on a Zen 3 (AVX2), blocks took
 // 10-40% more time than column by column on rows of 28 columns and wider (also with blocks of
-// at most 4 columns), and about the same on rows of 14 and 7. The
+// at most 4 columns), about the same on rows of 14 and 7 at stride 1, and at stride 2 11-13%
+// more on rows of 14 (192 and 240 channels at 28x28), the same on rows of 7. The
 // loop runs over the span's columns, then the kernel rows, so all the block's sums advance
 // together, not KW at a time. With kClip, the span's columns outside the input are skipped.
 // Inlined, so the sums stay in registers.
@@ -1244,7 +1245,7 @@ ffi::Error DwTapGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   }
   float* partial = partial_buffer.data();
   const TapGradArgs args{xs, gs, n, h, w, c, oh, ow, sh, ph, pw, RowBlocks(ow),
-                         ow > kTapBlockedWidth};
+                         sw > 2 || ow > kTapBlockedWidth[sw - 1]};
   const TapRowsFn tap_rows = PickTapRows(kh, kw, sw, dh, dw, ow);
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     float* acc = partial + chunk * kk * c;
