@@ -997,10 +997,10 @@ struct TapGradArgs {
 // (32 at 112x112, 96 at 112x112 stride 2, 144 at 56x56); on a Zen 3 (AVX2), blocks took
 // 10-40% more time than column by column on rows of 28 columns and wider (also with blocks of
 // at most 4 columns), about the same on rows of 14 and 7 at stride 1, and at stride 2 11-13%
-// more on rows of 14 (192 and 240 channels at 28x28), the same on rows of 7. The
-// loop runs over the span's columns, then the kernel rows, so all the block's sums advance
-// together, not KW at a time. With kClip, the span's columns outside the input are skipped.
-// Inlined, so the sums stay in registers.
+// more on rows of 14 (192 and 240 channels at 28x28), the same on rows of 7. The loop runs
+// over the span's columns, then the kernel rows, so all the block's sums advance together,
+// not KW at a time. With kClip, the span's columns outside the input are skipped. Inlined,
+// so the sums stay in registers.
 template <typename V, int64_t I0, int64_t I1, int64_t KW, int64_t S, int64_t P, bool kClip,
           bool kAllRows>
 __attribute__((always_inline)) inline void AddTapBlock(V* sum, const float* const* x_row,
