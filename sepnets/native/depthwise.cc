@@ -227,10 +227,21 @@ struct ClippedSource {
 // The forward window: tap_row = KW * c, tap_step = out_step = c. With `stream`, the outputs
 // (register-wide, aligned) are written with non-temporal stores. A pair of output rows
 // (ConvBlockPair) has its second row row_step after the first.
+//
+// With `stage` (registers narrower than a cache line: AVX2), streamed outputs are written a
+// whole line at a time: a block of the first half of each line (second_half false) is kept in
+// `stage` (P registers per output row), and the block of the second half streams both halves.
+// A line written half by half, with a register block's computation between the halves, leaves
+// the CPU's write-combining buffers holding partial lines, which go to memory as partial
+// writes: on a Zen 3 (AVX2) at batch 32, mobilenet_v2's ten depthwise layers took 19% less time
+// in all with whole lines (384 channels at 14x14 64% less, 576 at 14x14 54%, 192 at 28x28 22%),
+// efficientnet_b0's 15% (one process, the two builds alternated).
 struct BlockLayout {
   int64_t tap_row, tap_step, out_step;
   bool stream = false;
   int64_t row_step = 0;
+  float* stage = nullptr;
+  bool second_half = false;
 };
 
 // Stores a register of outputs past the caches (out aligned to the register's width), where the
@@ -248,16 +259,32 @@ inline void StreamStore(float* out, Vec v) {
 }
 
 // A register block's P output columns, through the epilogue where there is a bias, to out
-// (column k at k * out_step).
+// (column k at k * out_step); staged (see BlockLayout) in the stage's `stage_row`.
 template <typename V, int64_t P>
 inline void StoreBlock(V* acc, float* out, const BlockLayout& layout, const float* bias,
-                       int64_t act) {
+                       int64_t act, int64_t stage_row = 0) {
   if (bias != nullptr) {
 #pragma GCC unroll 16
     for (int64_t k = 0; k < P; ++k) acc[k] = Epilogue<V>(acc[k], bias, act);
   }
   if constexpr (sizeof(V) == kVecBytes) {
     if (layout.stream) {
+      if constexpr (kLanes < kLineFloats) {
+        if (layout.stage != nullptr) {
+          float* stage = layout.stage + stage_row * P * kLanes;
+          if (!layout.second_half) {
+#pragma GCC unroll 16
+            for (int64_t k = 0; k < P; ++k) Store<V>(stage + k * kLanes, acc[k]);
+            return;
+          }
+#pragma GCC unroll 16
+          for (int64_t k = 0; k < P; ++k) {
+            StreamStore(out - kLanes + k * layout.out_step, Load<V>(stage + k * kLanes));
+            StreamStore(out + k * layout.out_step, acc[k]);
+          }
+          return;
+        }
+      }
 #pragma GCC unroll 16
       for (int64_t k = 0; k < P; ++k) StreamStore(out + k * layout.out_step, acc[k]);
       return;
@@ -336,7 +363,7 @@ inline void ConvBlockPair(const Source& src, const float* taps, float* out, int6
     }
   }
   StoreBlock<V, P>(first, out, layout, bias, act);
-  StoreBlock<V, P>(second, out + layout.row_step, layout, bias, act);
+  StoreBlock<V, P>(second, out + layout.row_step, layout, bias, act, 1);
 }
 
 // sum_i src[src_off[i]] * taps[tap_off[i]], one channel block.
@@ -441,14 +468,21 @@ void BlockColumns(const ConvArgs& a, const Image& img, int64_t p, int64_t col0,
   const int64_t r_lo = R == 1 ? 0 : std::max<int64_t>(0, -s0);
   const int64_t r_hi = R == 1 ? nrows - 1 : std::min<int64_t>(KW, a.h - 1 - s0);
   for (int64_t r = r_lo; r <= r_hi; ++r) row_at[r] = img.Index(R == 1 ? row_src[r] : s0 + r);
+  // Streamed outputs a whole line at a time where a register is half a line (see BlockLayout):
+  // where every pixel starts a line, c_lo and c_hi do too (tiles of kTile channels, or all of
+  // them), so the blocks come in pairs that fill lines.
+  float stage[R * P * kLanes];
+  const bool staged = kLanes < kLineFloats && layout.stream && c % kLineFloats == 0;
   // The register block of channels from c0, as wide as V (the type of `width`).
   auto block = [&](auto width, const auto& source, int64_t c0) {
     using V = decltype(width);
+    BlockLayout at = layout;
+    if (staged) at.stage = stage, at.second_half = (c0 - c_lo) / kLanes % 2 == 1;
     if constexpr (R == 1) {
-      ConvBlock<V, KW, S, P>(source, taps + c0, out + c0, row_tap, nrows, layout,
+      ConvBlock<V, KW, S, P>(source, taps + c0, out + c0, row_tap, nrows, at,
                              bias ? bias + c0 : nullptr, a.act);
     } else {
-      ConvBlockPair<V, KW, S, P>(source, taps + c0, out + c0, r_lo, r_hi, layout,
+      ConvBlockPair<V, KW, S, P>(source, taps + c0, out + c0, r_lo, r_hi, at,
                                  bias ? bias + c0 : nullptr, a.act);
     }
   };

@@ -430,17 +430,20 @@ def test_expansion_norm_stays_out_of_the_depthwise_call_where_it_cannot_go(rng):
   assert not fuses_eval_pair(first, second)
 
 
-@pytest.mark.parametrize('stride,act_in,kernel', [(1, None, 3), (2, None, 3), (2, None, 5),
-                                                  (1, 'relu6', 3), (2, 'hard_swish', 3)])
-def test_native_streamed_output_equals_the_cached_one(stride, act_in, kernel, rng):
+@pytest.mark.parametrize('stride,act_in,kernel,size,channels', [
+    (1, None, 3, 56, 64), (2, None, 3, 56, 64), (2, None, 5, 56, 64), (1, 'relu6', 3, 56, 64),
+    (2, 'hard_swish', 3, 56, 64), (1, 'relu6', 3, 14, 64), (1, None, 3, 28, 72),
+    (2, None, 3, 28, 72)])
+def test_native_streamed_output_equals_the_cached_one(stride, act_in, kernel, size, channels,
+                                                      rng):
   """A pass whose source and output fill more than half the last-level cache writes its output
   with non-temporal stores: the same numbers as the same images in two calls that fit (cached
   stores), plain (with the input gradient: at stride 1 a forward pass too, at stride 2 the
   transposed window, in register blocks, 3x3 and 5x5), with a BatchNorm epilogue
-  and with a prologue."""
+  and with a prologue; rows of 14 go in pairs; with AVX2, 64 channels are streamed a line at
+  a time, 72 (not whole lines per pixel) a register at a time."""
   from sepnets.layers.depthwise import conv_affine_act
   from sepnets.native import stream_above_bytes
-  channels, size = 64, 56
   out_size = (size - 1) // stride + 1
   per_image = (size * size + out_size * out_size) * channels * 4
   half = int(0.6 * stream_above_bytes()) // per_image + 1
