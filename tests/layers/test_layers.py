@@ -55,6 +55,33 @@ def test_init_std_uses_fan_out_over_groups(groups_kind, build, fan_out):
   assert abs(kernel.std() / np.sqrt(2.0 / fan_out) - 1) < 0.05
 
 
+
+@pytest.mark.parametrize('shape', [(3, 3, 1, 144), (1, 1, 32, 96), (5, 5, 1, 7), (1, 1, 1, 1),
+                                   (1, 1, 640, 3840)])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_kernel_init_draws_what_jax_random_normal_draws(shape, dtype):
+  """The initializer's flat power-of-two draws give the numbers of a draw of `shape`, bit for
+  bit, eagerly and traced, with typed and raw keys; another dtype takes jax.random itself."""
+  from sepnets.layers.conv import scaled_normal
+  for key in (jax.random.key(7), jax.random.PRNGKey(7), nnx.Rngs(3).params()):
+    expected = np.asarray(jax.random.normal(key, shape, dtype) * 0.37)
+    got = scaled_normal(key, shape, dtype, 0.37)
+    assert got.dtype == dtype and got.shape == shape
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    traced = jax.jit(lambda k: scaled_normal(k, shape, dtype, 0.37))(key)
+    np.testing.assert_allclose(np.asarray(traced, np.float32), expected.astype(np.float32),
+                               rtol=1e-6)
+
+
+def test_kernel_init_compiles_one_sampler_per_power_of_two():
+  from sepnets.layers.conv import _flat_normal, scaled_normal
+  key = jax.random.key(0)
+  scaled_normal(key, (3, 3, 1, 200), jnp.float32, 1.0)  # 1800 values: the 2048 sampler
+  before = _flat_normal._cache_size()
+  for channels in (120, 144, 184, 192, 216, 227):  # 1080 to 2043 values
+    scaled_normal(key, (3, 3, 1, channels), jnp.float32, 1.0)
+  assert _flat_normal._cache_size() == before
+
 def test_activations():
   x = jnp.linspace(-8, 8, 33)
   np.testing.assert_allclose(get_act('relu6')(x), np.clip(x, 0, 6))
