@@ -257,27 +257,29 @@ def _native_out_shape(geometry, x):
   return (x.shape[0], *out_hw, x.shape[3])
 
 
-def _native_forward(geometry, x, taps):
+# The kernels' calls below take the targets' names with `suffix` appended: another build of the
+# kernels registered under other names (benchmarks/native_ab.py) runs through the same calls.
+def _native_forward(geometry, x, taps, suffix=''):
   out = jax.ShapeDtypeStruct(_native_out_shape(geometry, x), x.dtype)
-  return jax.ffi.ffi_call('sepnets_dw_conv', out, vmap_method='sequential')(
+  return jax.ffi.ffi_call('sepnets_dw_conv' + suffix, out, vmap_method='sequential')(
       x, taps, transposed=np.int64(0), **_ffi_attrs(geometry))
 
 
-def _native_input_grad(geometry, g, taps, in_hw):
+def _native_input_grad(geometry, g, taps, in_hw, suffix=''):
   (kh, kw), strides, pads, (dh, dw) = geometry
   if tuple(strides) == (1, 1):  # a forward window over g with the taps flipped
     flipped = ((kh, kw), (1, 1), ((dh * (kh - 1) - pads[0][0], dh * (kh - 1) - pads[0][1]),
                                   (dw * (kw - 1) - pads[1][0], dw * (kw - 1) - pads[1][1])),
                (dh, dw))
-    return _native_forward(flipped, g, taps[::-1])
+    return _native_forward(flipped, g, taps[::-1], suffix)
   out = jax.ShapeDtypeStruct((g.shape[0], *in_hw, g.shape[3]), g.dtype)
-  return jax.ffi.ffi_call('sepnets_dw_conv', out, vmap_method='sequential')(
+  return jax.ffi.ffi_call('sepnets_dw_conv' + suffix, out, vmap_method='sequential')(
       g, taps, transposed=np.int64(1), **_ffi_attrs(geometry))
 
 
-def _native_tap_grad(geometry, x, g):
+def _native_tap_grad(geometry, x, g, suffix=''):
   out = jax.ShapeDtypeStruct((geometry[0][0] * geometry[0][1], x.shape[3]), x.dtype)
-  return jax.ffi.ffi_call('sepnets_dw_tap_grad', out, vmap_method='sequential')(
+  return jax.ffi.ffi_call('sepnets_dw_tap_grad' + suffix, out, vmap_method='sequential')(
       x, g, **_ffi_attrs(geometry))
 
 

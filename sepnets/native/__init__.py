@@ -74,10 +74,18 @@ def build(force: bool = False) -> Path:
   lib = cache_dir() / key.hexdigest()[:16] / 'libsepnets_native.so'
   if lib.exists() and not force:
     return lib
+  return compile_sources(SOURCE.parent, lib)
+
+
+def compile_sources(directory: Path, lib: Path) -> Path:
+  """Compiles the files named as `SOURCES` in `directory` (where their headers are too) into
+  `lib`, written under a temporary name and renamed into place; returns `lib`."""
+  cxx = _compiler()
   lib.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix='.so.tmp')
   os.close(fd)
-  cmd = [cxx, *FLAGS, '-I', jax.ffi.include_dir(), *map(str, SOURCES), '-o', tmp]
+  sources = [str(Path(directory) / path.name) for path in SOURCES]
+  cmd = [cxx, *FLAGS, '-I', jax.ffi.include_dir(), *sources, '-o', tmp]
   try:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -89,6 +97,16 @@ def build(force: bool = False) -> Path:
     if os.path.exists(tmp):
       os.unlink(tmp)
   return lib
+
+
+def register(lib: Path, suffix: str = '') -> ctypes.CDLL:
+  """Loads a library of the kernels and registers its handlers with XLA:CPU as the targets
+  `TARGETS` names, each with `suffix` appended (another build beside the one in use)."""
+  loaded = ctypes.cdll.LoadLibrary(str(lib))
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target + suffix, jax.ffi.pycapsule(getattr(loaded, symbol)),
+                                platform='cpu')
+  return loaded
 
 
 def enabled() -> bool:
@@ -105,10 +123,7 @@ def depthwise_targets() -> tuple[str, ...]:
     raise NativeUnavailable(str(_state['error']))
   if 'lib' not in _state:
     try:
-      lib = ctypes.cdll.LoadLibrary(str(build()))
-      for target, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform='cpu')
+      lib = register(build())
     except (NativeUnavailable, OSError, AttributeError) as err:
       _state['error'] = err
       raise NativeUnavailable(str(err)) from None
