@@ -233,9 +233,9 @@ struct ClippedSource {
 // `stage` (P registers per output row), and the block of the second half streams both halves.
 // A line written half by half, with a register block's computation between the halves, leaves
 // the CPU's write-combining buffers holding partial lines, which go to memory as partial
-// writes: on a Zen 3 (AVX2) at batch 32, mobilenet_v2's ten depthwise layers took 19% less time
-// in all with whole lines (384 channels at 14x14 64% less, 576 at 14x14 54%, 192 at 28x28 22%),
-// efficientnet_b0's 15% (one process, the two builds alternated).
+// writes: on a Zen 3 (AVX2) at batch 32, over mobilenet_v2's and efficientnet_b0's depthwise
+// shapes, the forward pass took 19% less time in all with whole lines (576 channels at 14x14
+// 63% less), the input gradient 40% less (benchmarks/native_ab.py).
 struct BlockLayout {
   int64_t tap_row, tap_step, out_step;
   bool stream = false;
