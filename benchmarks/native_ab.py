@@ -90,23 +90,24 @@ def build_library(spec: str, workdir: Path) -> Path:
   return native.compile_sources(directory, directory / 'lib.so')
 
 
-def pass_fn(name: str, shape: DepthwiseShape, x: jax.Array, suffix: str):
-  """The jitted native call of pass `name` (forward, input_grad or tap_grad) for `shape`,
-  through the targets registered with `suffix`, and its arguments."""
+def pass_calls(name: str, shape: DepthwiseShape, x: jax.Array):
+  """Pass `name` (forward, input_grad or tap_grad) for `shape`: its arguments, and a function
+  of a target-name suffix giving the jitted native call through the targets with that suffix."""
   kernel = (shape.kernel, shape.kernel)
   geometry = depthwise._native_geometry(x, np.zeros((*kernel, 1, 1)), (shape.stride,) * 2,
                                         lax_padding(shape.padding, kernel, (1, 1)), (1, 1))
-  out_shape = depthwise._native_out_shape(geometry, x)
   rng = np.random.default_rng(1)
   taps = jnp.asarray(rng.standard_normal((shape.kernel ** 2, shape.channels), np.float32))
-  g = jnp.asarray(rng.standard_normal(out_shape, np.float32))
+  g = jnp.asarray(rng.standard_normal(depthwise._native_out_shape(geometry, x), np.float32))
   if name == 'forward':
-    return jax.jit(lambda x, t: depthwise._native_forward(geometry, x, t, suffix)), (x, taps)
+    return (x, taps), lambda suffix: jax.jit(
+        lambda x, t: depthwise._native_forward(geometry, x, t, suffix))
   if name == 'input_grad':
     in_hw = x.shape[1:3]
-    return (jax.jit(lambda g, t: depthwise._native_input_grad(geometry, g, t, in_hw, suffix)),
-            (g, taps))
-  return jax.jit(lambda x, g: depthwise._native_tap_grad(geometry, x, g, suffix)), (x, g)
+    return (g, taps), lambda suffix: jax.jit(
+        lambda g, t: depthwise._native_input_grad(geometry, g, t, in_hw, suffix))
+  return (x, g), lambda suffix: jax.jit(
+      lambda x, g: depthwise._native_tap_grad(geometry, x, g, suffix))
 
 
 def compare(builds: list[str], shapes: list[DepthwiseShape], passes: list[str], *, batch: int,
@@ -127,9 +128,10 @@ def compare(builds: list[str], shapes: list[DepthwiseShape], passes: list[str], 
       x = jnp.asarray(rng.standard_normal((batch, shape.size, shape.size, shape.channels),
                                           np.float32))
       for name in passes:
+        args, jitted = pass_calls(name, shape, x)
         calls, first = {}, None
         for spec, suffix in zip(builds, suffixes):
-          fn, args = pass_fn(name, shape, x, suffix)
+          fn = jitted(suffix)
           out = np.asarray(fn(*args))
           if first is None:
             first = out
@@ -138,7 +140,7 @@ def compare(builds: list[str], shapes: list[DepthwiseShape], passes: list[str], 
             if not err <= 1e-5:
               raise AssertionError(f'{shape} {name}: build {spec!r} differs from '
                                    f'{builds[0]!r} by {err:.2e} relative')
-          calls[suffix] = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
+          calls[suffix] = lambda fn=fn: jax.block_until_ready(fn(*args))
         timed = side_by_side(calls, warmup=1, repeats=rounds, pause_s=0, lead_in=1)
         row = {'shape': shape, 'pass': name, 'ms': [timed[s].median_s * 1e3 for s in suffixes]}
         rows.append(row)

@@ -55,7 +55,6 @@ def test_init_std_uses_fan_out_over_groups(groups_kind, build, fan_out):
   assert abs(kernel.std() / np.sqrt(2.0 / fan_out) - 1) < 0.05
 
 
-
 @pytest.mark.parametrize('shape', [(3, 3, 1, 144), (1, 1, 32, 96), (5, 5, 1, 7), (1, 1, 1, 1),
                                    (1, 1, 640, 3840)])
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -81,6 +80,7 @@ def test_kernel_init_compiles_one_sampler_per_power_of_two():
   for channels in (120, 144, 184, 192, 216, 227):  # 1080 to 2043 values
     scaled_normal(key, (3, 3, 1, channels), jnp.float32, 1.0)
   assert _flat_normal._cache_size() == before
+
 
 def test_activations():
   x = jnp.linspace(-8, 8, 33)
