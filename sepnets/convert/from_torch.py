@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -203,7 +203,8 @@ def load_torch_weights(model: nnx.Module, source: Any, *, reference: str | None 
     layer = modules[call.path]
     for name, value in values.items():
       variable = getattr(layer, name)
-      variable[...] = jnp.asarray(value, variable[...].dtype)
+      # device_put: jnp.asarray of a NumPy array compiles a copy per shape (jax 0.10)
+      variable[...] = jax.device_put(np.asarray(value, variable[...].dtype))
   return model
 
 

@@ -32,9 +32,10 @@ def scaled_normal(key: jax.Array, shape: tuple[int, ...], dtype, std: float) -> 
   threefry, it draws a flat power-of-two count (at least 1024) with one compiled sampler per
   count, and takes the first values (element i of a partitionable threefry draw depends on i
   alone, so they are the ones a draw of `shape` gives), scaled in NumPy (one float32 rounding,
-  as XLA's). Each eager op compiles once per shape, about 0.2 s on XLA:CPU: efficientnet_b3,
-  with 106 kernel shapes, took 27 s to create one at a time. Otherwise (traced, another dtype
-  or generator) it is that expression."""
+  as XLA's), and put on the device with `jax.device_put` (`jnp.asarray` of a NumPy array
+  compiles a copy per shape in jax 0.10). Each eager op compiles once per shape, about 0.2 s on
+  XLA:CPU: efficientnet_b3, with 106 kernel shapes, took 27 s to create one at a time.
+  Otherwise (traced, another dtype or generator) it is that expression."""
   n = math.prod(shape)
   if (isinstance(key, jax.core.Tracer) or jnp.dtype(dtype) != jnp.float32 or n == 0
       or not jax.config.jax_threefry_partitionable
@@ -42,7 +43,7 @@ def scaled_normal(key: jax.Array, shape: tuple[int, ...], dtype, std: float) -> 
     return jax.random.normal(key, shape, dtype) * std
   size = max(1024, 1 << (n - 1).bit_length())
   values = np.asarray(_flat_normal(key, size))[:n].reshape(shape)
-  return jnp.asarray(values * np.float32(std))
+  return jax.device_put(values * np.float32(std))
 
 
 def conv_kernel_init(groups: int = 1) -> nnx.Initializer:
